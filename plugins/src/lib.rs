@@ -1,0 +1,23 @@
+//! The plugin side of the tollgate API gateway.
+//!
+//! This crate holds the [`Plugin`] trait that every built-in plugin implements, the per-request
+//! context plugins read and write ([`RequestCtx`]), the early-answer type ([`Answer`]), the
+//! registry that turns a plugin name and its TOML table into a ready instance ([`Registry`]),
+//! and the built-in plugins themselves, one module each.
+//!
+//! Plugins know nothing about files, listeners or reloads: the gateway crate compiles a config
+//! into per-route chains of `Arc<dyn Plugin>` and calls the hooks in a fixed phase order.
+
+pub mod answer;
+pub mod config_error;
+pub mod context;
+pub mod headers;
+pub mod mock;
+pub mod plugin;
+pub mod registry;
+
+pub use answer::Answer;
+pub use config_error::{parse_config, ConfigError};
+pub use context::{RequestCtx, RequestId};
+pub use plugin::{Flow, Phase, Plugin};
+pub use registry::{Constructor, Registry};

@@ -1,0 +1,68 @@
+//! The plugin trait and the fixed phase order of a chain.
+
+use crate::{Answer, RequestCtx};
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+
+/// Where a plugin runs in a route's chain. Chains are sorted by phase once, when the config is
+/// compiled; within a phase, plugins keep the order they were listed in (global ones first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Request ids and other bookkeeping that everything after may read.
+    Init,
+    /// IP allow/deny lists: decided before anything costs work.
+    AccessControl,
+    /// CORS preflight answers.
+    Cors,
+    /// Establishing who the caller is.
+    Authentication,
+    /// Deciding whether that caller may use the route.
+    Authorization,
+    /// Rate, concurrency and size limits.
+    Limits,
+    /// Request and response transforms.
+    Transform,
+    /// Plugins that answer instead of an upstream (`mock`): always last.
+    Respond,
+}
+
+/// What the request hook decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next plugin, then the upstream.
+    Continue,
+    /// Stop the chain and send this response; response hooks still run on it.
+    Respond(Answer),
+}
+
+/// A statically compiled plugin. One instance is built per place it is configured (a route, or
+/// the global `[plugins.<name>]` table) when the config is compiled, and shared by every request
+/// on that route, so hooks take `&self` and keep per-request state in [`RequestCtx`].
+///
+/// Every hook has a default that does nothing, so a plugin implements only the phases it needs.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The name the plugin is registered under (the TOML `name`).
+    fn name(&self) -> &'static str;
+
+    /// The phase this plugin runs in.
+    fn phase(&self) -> Phase;
+
+    /// Request phase, before any upstream is chosen: inspect the downstream request and either
+    /// continue or answer.
+    async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Change the request that is about to be sent upstream (headers, path).
+    fn upstream_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) {}
+
+    /// Change the response header before it is sent downstream. Runs for upstream responses and
+    /// for answers made by plugins or the gateway on a matched route.
+    fn response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
+
+    /// Called once the response is finished (or failed), with the final status (0 if none was
+    /// sent); for counters and state that must be released.
+    fn log(&self, _status: u16, _ctx: &mut RequestCtx) {}
+}

@@ -1,0 +1,47 @@
+//! Maps a plugin name from the TOML config to the constructor that validates its config.
+
+use crate::{headers, mock, ConfigError, Plugin};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Builds a plugin from its TOML table (without the `name`/`enabled` keys), or says what is
+/// wrong with it, with paths relative to that table.
+pub type Constructor = fn(&toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>>;
+
+/// The set of plugins a gateway can use, by name.
+pub struct Registry {
+    constructors: BTreeMap<&'static str, Constructor>,
+}
+
+impl Registry {
+    /// The built-in plugins.
+    pub fn builtin() -> Self {
+        let mut r = Registry {
+            constructors: BTreeMap::new(),
+        };
+        r.register(mock::NAME, mock::build);
+        r.register(headers::NAME, headers::build);
+        r
+    }
+
+    /// Add (or replace) a plugin under `name`.
+    pub fn register(&mut self, name: &'static str, constructor: Constructor) {
+        self.constructors.insert(name, constructor);
+    }
+
+    /// The constructor for `name`, if such a plugin exists.
+    pub fn get(&self, name: &str) -> Option<Constructor> {
+        self.constructors.get(name).copied()
+    }
+
+    /// All registered names, sorted (for error messages).
+    pub fn names(&self) -> Vec<&'static str> {
+        self.constructors.keys().copied().collect()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}

@@ -1,0 +1,380 @@
+//! Checks the sections of a parsed config and compiles them into a [`Snapshot`].
+
+use super::schema::{RouteSection, ServerSection, UpstreamSection};
+use crate::metrics::METRICS;
+use crate::router::Router;
+use crate::snapshot::{PathRewrite, Route, Snapshot, Timeouts};
+use crate::upstream::{UpstreamCache, UpstreamPool};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_plugins::{parse_config, ConfigError, Phase, Plugin, Registry};
+
+const TOP_LEVEL: &[&str] = &["server", "upstreams", "routes", "plugins"];
+
+/// Compile a parsed (and env-expanded) config. All errors are returned together.
+pub fn compile(
+    root: &toml::Value,
+    registry: &Registry,
+    cache: &UpstreamCache,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let empty = toml::Table::new();
+    let table = root.as_table().unwrap_or(&empty);
+    for key in table.keys() {
+        if !TOP_LEVEL.contains(&key.as_str()) {
+            errors.push(ConfigError::new(
+                key.as_str(),
+                format!("unknown section `{key}`, expected one of: {}", TOP_LEVEL.join(", ")),
+            ));
+        }
+    }
+
+    let server = match table.get("server") {
+        Some(v) => match parse_config::<ServerSection>(v) {
+            Ok(s) => {
+                check_server(&s, &mut errors);
+                s
+            }
+            Err(e) => {
+                errors.push(e.under("server"));
+                ServerSection::default()
+            }
+        },
+        None => ServerSection::default(),
+    };
+
+    let upstream_sections: Vec<(usize, UpstreamSection)> =
+        parse_array(table.get("upstreams"), "upstreams", &mut errors);
+    let mut upstreams: HashMap<String, Arc<UpstreamPool>> = HashMap::new();
+    let mut upstream_list = Vec::new();
+    for (i, sec) in &upstream_sections {
+        let at = format!("upstreams[{i}]");
+        if upstreams.contains_key(&sec.name) {
+            errors.push(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate upstream name {:?}", sec.name),
+            ));
+            continue;
+        }
+        match cache.get_or_build(sec) {
+            Ok(pool) => {
+                upstreams.insert(sec.name.clone(), pool.clone());
+                upstream_list.push(pool);
+            }
+            Err(errs) => errors.extend(errs.into_iter().map(|e| e.under(&at))),
+        }
+    }
+
+    let globals = build_globals(table.get("plugins"), registry, &mut errors);
+
+    let route_sections: Vec<(usize, RouteSection)> =
+        parse_array(table.get("routes"), "routes", &mut errors);
+    if route_sections.is_empty() && !errors.iter().any(|e| e.path.starts_with("routes")) {
+        errors.push(ConfigError::new("routes", "at least one [[routes]] entry is needed"));
+    }
+    let mut routes = Vec::new();
+    let mut names = HashMap::new();
+    for (i, r) in &route_sections {
+        let at = format!("routes[{i}]");
+        if names.insert(r.name.clone(), *i).is_some() {
+            errors.push(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
+        }
+        if let Some(route) = compile_route(r, &at, &upstreams, &globals, registry, &mut errors) {
+            routes.push(route);
+        }
+    }
+    // Router errors are reported against the config's own indexes, so only compile it once
+    // every route parsed (indexes then line up).
+    let router = if route_sections.len() == table.get("routes").and_then(|v| v.as_array()).map_or(0, |a| a.len()) {
+        let sections: Vec<RouteSection> = route_sections.iter().map(|(_, r)| r.clone()).collect();
+        match Router::compile(&sections) {
+            Ok(r) => r,
+            Err(errs) => {
+                errors.extend(errs);
+                Router::default()
+            }
+        }
+    } else {
+        Router::default()
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        server,
+        router,
+        routes,
+        upstreams: upstream_list,
+    })
+}
+
+fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
+    if s.listen.is_empty() {
+        errors.push(ConfigError::new("server.listen", "at least one listen address is needed"));
+    }
+    for (i, l) in s.listen.iter().enumerate() {
+        if l.parse::<SocketAddr>().is_err() {
+            errors.push(ConfigError::new(
+                format!("server.listen[{i}]"),
+                format!("{l:?} is not an \"ip:port\" address"),
+            ));
+        }
+    }
+    if !s.admin_listen.is_empty() && s.admin_listen.parse::<SocketAddr>().is_err() {
+        errors.push(ConfigError::new(
+            "server.admin_listen",
+            format!("{:?} is not an \"ip:port\" address", s.admin_listen),
+        ));
+    }
+    if s.log_level.parse::<log::LevelFilter>().is_err() {
+        errors.push(ConfigError::new(
+            "server.log_level",
+            "expected one of off, error, warn, info, debug, trace",
+        ));
+    }
+    if s.access_log.enabled && s.access_log.path.is_empty() {
+        errors.push(ConfigError::new("server.access_log.path", "use \"-\" for stdout or a file path"));
+    }
+}
+
+/// Parse each element of an array section on its own, so one bad element does not hide the
+/// errors of the others.
+fn parse_array<T: serde::de::DeserializeOwned>(
+    value: Option<&toml::Value>,
+    name: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(usize, T)> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        errors.push(ConfigError::new(name, format!("expected an array: [[{name}]]")));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_config::<T>(item) {
+            Ok(t) => out.push((i, t)),
+            Err(e) => errors.push(e.under(&format!("{name}[{i}]"))),
+        }
+    }
+    out
+}
+
+/// A plugin instance and where it came from.
+struct Configured {
+    name: String,
+    plugin: Arc<dyn Plugin>,
+}
+
+fn build_globals(
+    value: Option<&toml::Value>,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Arc<dyn Plugin>> {
+    let mut out = BTreeMap::new();
+    let Some(value) = value else {
+        return out;
+    };
+    let Some(table) = value.as_table() else {
+        errors.push(ConfigError::new("plugins", "expected tables: [plugins.<name>]"));
+        return out;
+    };
+    for (name, cfg) in table {
+        let at = format!("plugins.{name}");
+        let Some(cfg_table) = cfg.as_table() else {
+            errors.push(ConfigError::new(at, "expected a table"));
+            continue;
+        };
+        let mut cfg_table = cfg_table.clone();
+        let enabled = match cfg_table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => {
+                errors.push(ConfigError::new(format!("{at}.enabled"), "expected true or false"));
+                true
+            }
+        };
+        match construct(registry, name, &toml::Value::Table(cfg_table), &at, errors) {
+            Some(p) if enabled => {
+                out.insert(name.clone(), p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn construct(
+    registry: &Registry,
+    name: &str,
+    cfg: &toml::Value,
+    at: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<dyn Plugin>> {
+    let Some(ctor) = registry.get(name) else {
+        errors.push(ConfigError::new(
+            at,
+            format!("unknown plugin {name:?}; available: {}", registry.names().join(", ")),
+        ));
+        return None;
+    };
+    match ctor(cfg) {
+        Ok(p) => Some(p),
+        Err(errs) => {
+            errors.extend(errs.into_iter().map(|e| e.under(at)));
+            None
+        }
+    }
+}
+
+fn compile_route(
+    r: &RouteSection,
+    at: &str,
+    upstreams: &HashMap<String, Arc<UpstreamPool>>,
+    globals: &BTreeMap<String, Arc<dyn Plugin>>,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Route> {
+    let before = errors.len();
+    if r.name.is_empty() {
+        errors.push(ConfigError::new(format!("{at}.name"), "must not be empty"));
+    }
+    let upstream = match &r.upstream {
+        Some(u) => match upstreams.get(u) {
+            Some(p) => Some(p.clone()),
+            None => {
+                errors.push(ConfigError::new(
+                    format!("{at}.upstream"),
+                    format!("no upstream named {u:?} (define it in [[upstreams]])"),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let rewrite = match (&r.rewrite, r.strip_prefix) {
+        (Some(_), true) => {
+            errors.push(ConfigError::new(
+                format!("{at}.rewrite"),
+                "use either rewrite or strip_prefix, not both",
+            ));
+            PathRewrite::Keep
+        }
+        (Some(to), false) => {
+            if !to.starts_with('/') {
+                errors.push(ConfigError::new(format!("{at}.rewrite"), "must start with '/'"));
+            }
+            PathRewrite::Replace(to.clone())
+        }
+        (None, true) => {
+            if r.paths.iter().any(|p| p.starts_with('=') || p.starts_with('~')) {
+                errors.push(ConfigError::new(
+                    format!("{at}.strip_prefix"),
+                    "strip_prefix needs prefix paths (\"/api\"), not exact or regex ones",
+                ));
+            }
+            PathRewrite::StripPrefix
+        }
+        (None, false) => PathRewrite::Keep,
+    };
+
+    // Route entries override or disable globals of the same name.
+    let mut overridden: BTreeMap<String, Option<Arc<dyn Plugin>>> = BTreeMap::new();
+    let mut local: Vec<Configured> = Vec::new();
+    for (i, entry) in r.plugins.iter().enumerate() {
+        let pat = format!("{at}.plugins[{i}]");
+        let (name, enabled, cfg) = match entry {
+            toml::Value::String(name) => (name.clone(), true, None),
+            toml::Value::Table(t) => {
+                let mut t = t.clone();
+                let name = match t.remove("name") {
+                    Some(toml::Value::String(n)) => n,
+                    _ => {
+                        errors.push(ConfigError::new(&pat, "a plugin table needs `name = \"...\"`"));
+                        continue;
+                    }
+                };
+                let enabled = match t.remove("enabled") {
+                    None => true,
+                    Some(toml::Value::Boolean(b)) => b,
+                    Some(_) => {
+                        errors.push(ConfigError::new(format!("{pat}.enabled"), "expected true or false"));
+                        true
+                    }
+                };
+                (name, enabled, if t.is_empty() { None } else { Some(t) })
+            }
+            _ => {
+                errors.push(ConfigError::new(&pat, "expected a plugin name or a table with `name`"));
+                continue;
+            }
+        };
+        if overridden.contains_key(&name) || local.iter().any(|c| c.name == name) {
+            errors.push(ConfigError::new(&pat, format!("plugin {name:?} is listed twice")));
+            continue;
+        }
+        if !enabled {
+            if registry.get(&name).is_none() {
+                errors.push(ConfigError::new(&pat, format!("unknown plugin {name:?}")));
+            }
+            overridden.insert(name, None);
+            continue;
+        }
+        let plugin = match (cfg, globals.get(&name)) {
+            // Name only, with a global definition: share the global instance.
+            (None, Some(g)) => Some(g.clone()),
+            (cfg, _) => construct(
+                registry,
+                &name,
+                &toml::Value::Table(cfg.unwrap_or_default()),
+                &pat,
+                errors,
+            ),
+        };
+        if let Some(p) = plugin {
+            if globals.contains_key(&name) {
+                overridden.insert(name.clone(), None);
+            }
+            local.push(Configured { name, plugin: p });
+        }
+    }
+    let mut chain: Vec<Arc<dyn Plugin>> = globals
+        .iter()
+        .filter(|(n, _)| !overridden.contains_key(*n))
+        .map(|(_, p)| p.clone())
+        .chain(local.into_iter().map(|c| c.plugin))
+        .collect();
+    // Stable: within a phase, globals first, then the route's order.
+    chain.sort_by_key(|p| p.phase());
+
+    if r.upstream.is_none() && !chain.iter().any(|p| p.phase() == Phase::Respond) {
+        errors.push(ConfigError::new(
+            at,
+            "a route needs an `upstream` or a plugin that answers (such as mock)",
+        ));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    Some(Route {
+        name: Arc::from(r.name.as_str()),
+        upstream_duration: upstream.as_ref().map(|u| METRICS.upstream_histogram(&u.name)),
+        upstream,
+        chain: chain.into_boxed_slice(),
+        rewrite,
+        preserve_host: r.preserve_host,
+        timeouts: Timeouts {
+            connect: ms(r.connect_timeout_ms),
+            read: ms(r.read_timeout_ms),
+            write: ms(r.write_timeout_ms),
+        },
+        duration: METRICS.route_duration(&r.name),
+    })
+}

@@ -1,0 +1,303 @@
+//! The TOML schema: what a config file may say. Every struct rejects unknown keys.
+//!
+//! Durations are integers in milliseconds (`*_ms`) or seconds (`*_seconds`), named so.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `[server]`: process-wide settings. Changes to `listen`, `admin_listen`, `threads` and
+/// `work_stealing` take effect on restart only; the rest applies on reload.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Proxy listen addresses (`ip:port`).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Admin listener for `/metrics`, `/healthz`, `/readyz`; empty string disables it.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Worker threads of the proxy service; 0 means one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones.
+    #[serde(default = "default_true")]
+    pub work_stealing: bool,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Seconds to keep serving after SIGTERM before draining starts (lets a load balancer notice).
+    #[serde(default)]
+    pub shutdown_grace_period_seconds: u64,
+    /// Seconds that in-flight requests get to finish during a graceful shutdown or upgrade.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u64,
+    /// Size of the process-wide pool of idle upstream connections kept for reuse.
+    #[serde(default = "default_pool")]
+    pub upstream_keepalive_pool_size: usize,
+    /// The access log.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+}
+
+/// `[server.access_log]`: one JSON line per request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// Write access log lines at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where: `-` for standard output, otherwise a file path (appended to).
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        AccessLogSection {
+            enabled: true,
+            path: default_access_log_path(),
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            threads: 0,
+            work_stealing: true,
+            log_level: default_log_level(),
+            shutdown_grace_period_seconds: 0,
+            shutdown_timeout_seconds: default_shutdown_timeout(),
+            upstream_keepalive_pool_size: default_pool(),
+            access_log: AccessLogSection::default(),
+        }
+    }
+}
+
+/// A backend as written: `"ip:port"` or `{ addr = "ip:port", weight = 3 }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum BackendSpec {
+    /// Address with weight 1.
+    Addr(String),
+    /// Address and weight.
+    Weighted {
+        /// `ip:port` (or `host:port`, resolved once at load).
+        addr: String,
+        /// Relative share of traffic.
+        #[serde(default = "default_weight")]
+        weight: usize,
+    },
+}
+
+/// How an upstream picks a backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing (Ketama) on `hash_on`.
+    ConsistentHash,
+}
+
+/// `[[upstreams]]`: a named pool of backends.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Name routes refer to.
+    pub name: String,
+    /// The backends.
+    pub backends: Vec<BackendSpec>,
+    /// Load-balancing algorithm.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Key for `consistent_hash`: `client_ip`, `path`, `header:<name>` or `cookie:<name>`.
+    #[serde(default = "default_hash_on")]
+    pub hash_on: String,
+    /// Connect to backends with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI for TLS; defaults to `host`, else empty.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the backend's certificate (TLS only).
+    #[serde(default = "default_true")]
+    pub verify_cert: bool,
+    /// `Host` header sent upstream when a route does not preserve the client's; defaults to
+    /// the backend's `ip:port`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Timeout for each read from the backend (first byte and between chunks).
+    #[serde(default = "default_rw_timeout")]
+    pub read_timeout_ms: u64,
+    /// Timeout for each write to the backend.
+    #[serde(default = "default_rw_timeout")]
+    pub write_timeout_ms: u64,
+    /// How long an idle pooled connection to a backend is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// On a failed connect, how many other backends to try before answering 502.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    /// Active health check; none means every backend counts as healthy.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSection>,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// An HTTP GET answers with one of `expected_statuses`.
+    Http,
+}
+
+/// `[upstreams.health_check]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `tcp` or `http`.
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path requested by `http` checks.
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// `Host` header of `http` checks (default: `localhost`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses that count as healthy for `http` checks.
+    #[serde(default = "default_expected")]
+    pub expected_statuses: Vec<u16>,
+    /// Time between checks.
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    /// Connect and read timeout of one check.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    #[serde(default = "default_one")]
+    pub healthy_threshold: usize,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: usize,
+}
+
+/// `[[routes]]`: which requests go where, through which plugins.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Hosts: `api.example.com` or `*.example.com`; empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Paths: `=/exact`, `/prefix` (segment-aware) or `~regex`; empty matches any path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Methods; empty matches any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header predicates: exact value, `*` (present) or `~regex`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query predicates: exact value, `*` (present) or `~regex`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Higher wins; ties broken by specificity.
+    #[serde(default)]
+    pub priority: i32,
+    /// Upstream name; a route without one must answer with a plugin such as `mock`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Remove the matched prefix before proxying.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched path: the prefix or exact path, or for regex paths the whole path
+    /// with `$1` / `${name}` captures.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Send the client's `Host` upstream instead of the upstream's.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Overrides the upstream's connect timeout.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Overrides the upstream's read timeout.
+    #[serde(default)]
+    pub read_timeout_ms: Option<u64>,
+    /// Overrides the upstream's write timeout.
+    #[serde(default)]
+    pub write_timeout_ms: Option<u64>,
+    /// Plugins: a name (`"headers"`) or a table with `name`, optional `enabled`, and the
+    /// plugin's own keys.
+    #[serde(default)]
+    pub plugins: Vec<toml::Value>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".to_string()]
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_pool() -> usize {
+    256
+}
+fn default_access_log_path() -> String {
+    "-".to_string()
+}
+fn default_weight() -> usize {
+    1
+}
+fn default_hash_on() -> String {
+    "client_ip".to_string()
+}
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+fn default_rw_timeout() -> u64 {
+    60_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_retries() -> usize {
+    2
+}
+fn default_hc_path() -> String {
+    "/".to_string()
+}
+fn default_expected() -> Vec<u16> {
+    vec![200]
+}
+fn default_hc_interval() -> u64 {
+    5_000
+}
+fn default_hc_timeout() -> u64 {
+    1_000
+}
+fn default_one() -> usize {
+    1
+}
+fn default_unhealthy() -> usize {
+    3
+}

@@ -1,0 +1,15 @@
+//! tollgate: a fast, programmable API gateway on Pingora.
+//!
+//! The crate compiles a TOML config into an immutable [`snapshot::Snapshot`] (router, upstream
+//! pools, per-route plugin chains) and serves it through one `ProxyHttp` implementation
+//! ([`proxy::Gateway`]). See `docs/` for the config reference.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

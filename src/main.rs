@@ -1,0 +1,67 @@
+//! The `tollgate` command: run the gateway, check a config, hash a password.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate::upstream::UpstreamCache;
+
+const DEFAULT_CONFIG: &str = "conf/tollgate.toml";
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "A fast, programmable API gateway built on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default command).
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Take the listening sockets over from a running tollgate (zero-downtime upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a config file: exit 0 with a summary, or 1 listing every error.
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        upgrade: false,
+    }) {
+        Command::Check { config } => {
+            match tollgate::config::load_file(&config, &UpstreamCache::default()) {
+                Ok(snap) => {
+                    println!(
+                        "{}: OK ({} routes, {} upstreams)",
+                        config.display(),
+                        snap.routes.len(),
+                        snap.upstreams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprint!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config, upgrade } => match tollgate::server::run(&config, upgrade) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics. Label values are route and upstream names from the config, never
+//! paths or client data, so cardinality stays bounded.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `tollgate_http_requests_total{route,method,status}`.
+    pub requests: IntCounterVec,
+    /// `tollgate_http_request_duration_seconds{route}`.
+    pub request_duration: HistogramVec,
+    /// `tollgate_upstream_request_duration_seconds{upstream}`: until the response header.
+    pub upstream_duration: HistogramVec,
+    /// `tollgate_upstream_health{upstream,backend}`: 1 healthy, 0 not.
+    pub upstream_health: IntGaugeVec,
+    /// `tollgate_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `tollgate_gateway_errors_total{route,error}`: answers made by the gateway itself.
+    pub gateway_errors: IntCounterVec,
+    /// `tollgate_access_log_dropped_total`: lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new("tollgate_http_requests_total", "Requests by route, method and status"),
+        &["route", "method", "status"],
+    )?;
+    let request_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_http_request_duration_seconds",
+            "Time from request start to the end of the response",
+        )
+        .buckets(BUCKETS.to_vec()),
+        &["route"],
+    )?;
+    let upstream_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_upstream_request_duration_seconds",
+            "Time from choosing a backend to its response header",
+        )
+        .buckets(BUCKETS.to_vec()),
+        &["upstream"],
+    )?;
+    let upstream_health = IntGaugeVec::new(
+        Opts::new("tollgate_upstream_health", "1 when the backend passes health checks"),
+        &["upstream", "backend"],
+    )?;
+    let config_reloads = IntCounterVec::new(
+        Opts::new("tollgate_config_reloads_total", "Config reloads by result"),
+        &["result"],
+    )?;
+    let gateway_errors = IntCounterVec::new(
+        Opts::new(
+            "tollgate_gateway_errors_total",
+            "Error answers made by the gateway, by route and error code",
+        ),
+        &["route", "error"],
+    )?;
+    let access_log_dropped = IntCounter::new(
+        "tollgate_access_log_dropped_total",
+        "Access log lines dropped because the writer could not keep up",
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(request_duration.clone()))?;
+    registry.register(Box::new(upstream_duration.clone()))?;
+    registry.register(Box::new(upstream_health.clone()))?;
+    registry.register(Box::new(config_reloads.clone()))?;
+    registry.register(Box::new(gateway_errors.clone()))?;
+    registry.register(Box::new(access_log_dropped.clone()))?;
+    // Both outcomes show from the start, so a dashboard can alert on failures going up.
+    config_reloads.with_label_values(&["success"]);
+    config_reloads.with_label_values(&["failure"]);
+    Ok(Metrics {
+        registry,
+        requests,
+        request_duration,
+        upstream_duration,
+        upstream_health,
+        config_reloads,
+        gateway_errors,
+        access_log_dropped,
+    })
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| match build() {
+    Ok(m) => m,
+    // Names and labels are constants: this only fails if the code above is wrong.
+    Err(e) => panic!("metric definitions are invalid: {e}"),
+});
+
+impl Metrics {
+    /// The route's duration histogram, resolved once per compiled route.
+    pub fn route_duration(&self, route: &str) -> Histogram {
+        self.request_duration.with_label_values(&[route])
+    }
+
+    /// The upstream's duration histogram, resolved once per compiled route.
+    pub fn upstream_histogram(&self, upstream: &str) -> Histogram {
+        self.upstream_duration.with_label_values(&[upstream])
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("could not encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Method label: the standard methods by name, anything else as `OTHER` (bounded labels).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}

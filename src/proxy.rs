@@ -1,0 +1,426 @@
+//! The one `ProxyHttp` implementation: Pingora's request phases, dispatched to the matched
+//! route's precompiled plugin chain. See DESIGN.md for the order of phases.
+
+use crate::access_log::{self, AccessRecord};
+use crate::metrics::{method_label, METRICS};
+use crate::router::{has_dot_segment, request_host, Match};
+use crate::snapshot::{rewrite_path, PathRewrite, Route, Snapshot};
+use crate::upstream::HashOn;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::Backend;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime};
+use tollgate_plugins::{Answer, Flow, RequestCtx, RequestId};
+
+/// Header carrying the request id upstream and back to the client.
+pub const REQUEST_ID: &str = "x-request-id";
+
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// The gateway's proxy logic. Cheap to share: it only holds the handle to the current config.
+pub struct Gateway {
+    config: Arc<ArcSwap<Snapshot>>,
+    access_log: bool,
+}
+
+impl Gateway {
+    /// A gateway serving whatever snapshot `config` holds at each request's start.
+    pub fn new(config: Arc<ArcSwap<Snapshot>>, access_log: bool) -> Self {
+        Gateway { config, access_log }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    snap: Arc<Snapshot>,
+    /// Index of the matched route and of the router entry that matched.
+    matched: Option<(usize, usize)>,
+    /// What plugins see.
+    pub req: RequestCtx,
+    start: Instant,
+    started_at: SystemTime,
+    backend: Option<Backend>,
+    tried: Vec<SocketAddr>,
+    upstream_start: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    error: Option<&'static str>,
+}
+
+impl Ctx {
+    fn route(&self) -> Option<&Route> {
+        self.matched.map(|(r, _)| &self.snap.routes[r])
+    }
+}
+
+fn gateway_error(code: &'static str, status: StatusCode, message: &str) -> (Answer, &'static str) {
+    (Answer::error(status, code, message), code)
+}
+
+impl Gateway {
+    /// Send an answer made by the gateway or a plugin; the matched route's response hooks
+    /// run on its header first.
+    async fn send_answer(&self, session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Result<()> {
+        let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+        for (n, v) in answer.headers {
+            resp.append_header(n, v)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        self.finish_header(&mut resp, ctx);
+        let head = session.req_header().method == http::Method::HEAD;
+        let no_body = head || answer.body.is_empty();
+        session.write_response_header(Box::new(resp), no_body).await?;
+        if !no_body {
+            session.write_response_body(Some(answer.body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Headers every response gets: the route's response hooks, then the request id.
+    fn finish_header(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        let snap = ctx.snap.clone();
+        if let Some((r, _)) = ctx.matched {
+            for p in snap.routes[r].chain.iter() {
+                p.response(resp, &mut ctx.req);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(ctx.req.request_id.as_str()) {
+            let _ = resp.insert_header(REQUEST_ID, v);
+        }
+    }
+
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        (answer, code): (Answer, &'static str),
+    ) -> Result<bool> {
+        ctx.error = Some(code);
+        self.send_answer(session, ctx, answer).await?;
+        Ok(true)
+    }
+}
+
+fn hash_key<'a>(on: &HashOn, req: &'a RequestHeader, ip: Option<IpAddr>, buf: &'a mut [u8; 16]) -> &'a [u8] {
+    match on {
+        HashOn::ClientIp => match ip {
+            Some(IpAddr::V4(v4)) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                &buf[..4]
+            }
+            Some(IpAddr::V6(v6)) => {
+                *buf = v6.octets();
+                &buf[..]
+            }
+            None => &[],
+        },
+        HashOn::Path => req.uri.path().as_bytes(),
+        HashOn::Header(name) => req.headers.get(name).map_or(&[], |v| v.as_bytes()),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+            })
+            .unwrap_or(&[]),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snap: self.config.load_full(),
+            matched: None,
+            req: RequestCtx::new(NO_ROUTE.clone(), None, RequestId::generate()),
+            start: Instant::now(),
+            started_at: SystemTime::now(),
+            backend: None,
+            tried: Vec::new(),
+            upstream_start: None,
+            upstream_elapsed: None,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if let Some(id) = req
+            .headers
+            .get(REQUEST_ID)
+            .and_then(|v| RequestId::from_client(v.as_bytes()))
+        {
+            ctx.req.request_id = id;
+        }
+        ctx.req.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+
+        if has_dot_segment(req.uri.path()) {
+            let e = gateway_error("bad_request", StatusCode::BAD_REQUEST, "path contains a '.' or '..' segment");
+            return self.answer_error(session, ctx, e).await;
+        }
+        let snap = ctx.snap.clone();
+        let found = match snap.router.find(request_host(req), req) {
+            Match::Found(i) => i,
+            Match::NotFound => {
+                let e = gateway_error("route_not_found", StatusCode::NOT_FOUND, "no route matches this request");
+                return self.answer_error(session, ctx, e).await;
+            }
+            Match::MethodNotAllowed(methods) => {
+                let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                let (answer, code) = gateway_error(
+                    "method_not_allowed",
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "the route does not accept this method",
+                );
+                let answer = match HeaderValue::from_str(&allow) {
+                    Ok(v) => answer.with_header(header::ALLOW, v),
+                    Err(_) => answer,
+                };
+                return self.answer_error(session, ctx, (answer, code)).await;
+            }
+        };
+        let route_idx = snap.router.entry(found).route;
+        ctx.matched = Some((route_idx, found));
+        let route = &snap.routes[route_idx];
+        ctx.req.route = route.name.clone();
+        for plugin in route.chain.iter() {
+            if let Flow::Respond(answer) = plugin.request(session, &mut ctx.req).await {
+                if answer.status.is_client_error() || answer.status.is_server_error() {
+                    ctx.error = Some(plugin.name());
+                }
+                self.send_answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let snap = ctx.snap.clone();
+        let Some(route) = ctx.matched.map(|(r, _)| &snap.routes[r]) else {
+            return Error::e_explain(ErrorType::InternalError, "no route matched");
+        };
+        let Some(upstream) = &route.upstream else {
+            return Error::e_explain(ErrorType::InternalError, "route has no upstream");
+        };
+        let mut buf = [0u8; 16];
+        let key = match &upstream.hash_on {
+            Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
+            None => &[],
+        };
+        let Some(backend) = upstream.select(key, &ctx.tried) else {
+            ctx.error = Some("no_healthy_upstream");
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend left to try");
+        };
+        let Some(mut peer) = upstream.peer(&backend) else {
+            return Error::e_explain(ErrorType::InternalError, "backend without a peer template");
+        };
+        let t = &route.timeouts;
+        if t.connect.is_some() {
+            peer.options.connection_timeout = t.connect;
+        }
+        if t.read.is_some() {
+            peer.options.read_timeout = t.read;
+        }
+        if t.write.is_some() {
+            peer.options.write_timeout = t.write;
+        }
+        ctx.backend = Some(backend);
+        ctx.upstream_start.get_or_insert_with(Instant::now);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(b) = &ctx.backend {
+            ctx.tried.push(b.addr.clone());
+        }
+        let retries = ctx.route().and_then(|r| r.upstream.as_ref()).map_or(0, |u| u.retries);
+        // Bounded by the upstream's `retries`; a new backend is picked on each try.
+        e.set_retry(ctx.tried.len() <= retries);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let snap = ctx.snap.clone();
+        let Some((route_idx, entry_idx)) = ctx.matched else {
+            return Ok(());
+        };
+        let route = &snap.routes[route_idx];
+        if route.rewrite != PathRewrite::Keep {
+            let entry = snap.router.entry(entry_idx);
+            let uri = &session.req_header().uri;
+            if let Some(new_path) = rewrite_path(&route.rewrite, &entry.path, uri.path()) {
+                let new_uri = match uri.query() {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path.into_owned(),
+                };
+                match new_uri.parse::<http::Uri>() {
+                    Ok(u) => upstream_request.set_uri(u),
+                    Err(_) => {
+                        return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")
+                    }
+                }
+            }
+        }
+        let original_host = session.req_header().headers.get(header::HOST).cloned();
+        if !route.preserve_host {
+            if let (Some(up), Some(b)) = (&route.upstream, &ctx.backend) {
+                if let Some(h) = up.host_header(b) {
+                    upstream_request.insert_header(header::HOST, h)?;
+                }
+            }
+        }
+        if let Some(ip) = ctx.req.client_ip {
+            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(h) = original_host {
+            upstream_request.insert_header("x-forwarded-host", h)?;
+        }
+        upstream_request.insert_header(REQUEST_ID, ctx.req.request_id.as_str())?;
+        for p in route.chain.iter() {
+            p.upstream_request(upstream_request, &mut ctx.req);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(start) = ctx.upstream_start {
+            let elapsed = start.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            if let Some(h) = ctx.route().and_then(|r| r.upstream_duration.as_ref()) {
+                h.observe(elapsed.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.finish_header(upstream_response, ctx);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let (status, code, message): (u16, &'static str, &str) = match e.etype() {
+            HTTPStatus(503) if ctx.error == Some("no_healthy_upstream") => {
+                (503, "no_healthy_upstream", "no healthy backend is available")
+            }
+            HTTPStatus(c) if (400..500).contains(c) => (*c, "bad_request", "the request is malformed"),
+            HTTPStatus(c) => (*c, "upstream_error", "the upstream failed"),
+            ConnectTimedout | ReadTimedout | WriteTimedout => {
+                (504, "upstream_timeout", "the upstream did not answer in time")
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "upstream_unavailable", "the upstream could not be reached or failed"),
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => (0, "client_closed", ""),
+                    ReadTimedout => (408, "request_timeout", "the request was not received in time"),
+                    _ => (400, "bad_request", "the request is malformed"),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, "internal_error", "the gateway failed"),
+            },
+        };
+        ctx.error = Some(code);
+        if status > 0 && session.response_written().is_none() {
+            if let Ok(s) = StatusCode::from_u16(status) {
+                let _ = self.send_answer(session, ctx, Answer::error(s, code, message)).await;
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let snap = ctx.snap.clone();
+        let route = ctx.matched.map(|(r, _)| &snap.routes[r]);
+        let route_name = route.map_or("", |r| &*r.name);
+        let req = session.req_header();
+        let code = StatusCode::from_u16(status).ok();
+        let status_label = code.as_ref().map_or("0", |s| s.as_str());
+        METRICS
+            .requests
+            .with_label_values(&[route_name, method_label(&req.method), status_label])
+            .inc();
+        if let Some(code) = ctx.error {
+            METRICS.gateway_errors.with_label_values(&[route_name, code]).inc();
+        }
+        if let Some(r) = route {
+            r.duration.observe(elapsed.as_secs_f64());
+            for p in r.chain.iter() {
+                p.log(status, &mut ctx.req);
+            }
+        }
+        if self.access_log {
+            let time = jiff::Timestamp::try_from(ctx.started_at)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            access_log::write(&AccessRecord {
+                time,
+                request_id: ctx.req.request_id.as_str(),
+                client_ip: ctx.req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route: route_name,
+                upstream: route.and_then(|r| r.upstream.as_ref()).map_or("", |u| &*u.name),
+                backend: ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_default(),
+                status,
+                bytes_sent: session.body_bytes_sent(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                error: ctx.error,
+            });
+        }
+    }
+}
+
+/// Body of the JSON answer for `status` and `code` (used by the admin listener too).
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Bytes {
+    Answer::error(status, code, message).body
+}

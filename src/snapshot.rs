@@ -1,0 +1,133 @@
+//! The compiled, immutable form of a config that serves requests. One `Arc<Snapshot>` is
+//! loaded per request and kept to its end, so a reload never changes a request half-way.
+
+use crate::config::schema::ServerSection;
+use crate::router::{PathMatch, Router};
+use crate::upstream::UpstreamPool;
+use prometheus::Histogram;
+use regex::Regex;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_plugins::Plugin;
+
+/// How the path sent upstream is derived from the client's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathRewrite {
+    /// Send the path unchanged.
+    Keep,
+    /// Remove the matched prefix.
+    StripPrefix,
+    /// Replace the matched part (prefix, exact path, or whole path for regex with captures).
+    Replace(String),
+}
+
+/// Route-level timeouts that override the upstream's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// Connect timeout.
+    pub connect: Option<Duration>,
+    /// Read timeout.
+    pub read: Option<Duration>,
+    /// Write timeout.
+    pub write: Option<Duration>,
+}
+
+/// A compiled route.
+pub struct Route {
+    /// Route name.
+    pub name: Arc<str>,
+    /// Where requests go; `None` when a plugin answers.
+    pub upstream: Option<Arc<UpstreamPool>>,
+    /// Plugins in phase order, global ones merged in.
+    pub chain: Box<[Arc<dyn Plugin>]>,
+    /// Path rewrite.
+    pub rewrite: PathRewrite,
+    /// Keep the client's Host header.
+    pub preserve_host: bool,
+    /// Timeout overrides.
+    pub timeouts: Timeouts,
+    /// Request duration histogram for this route, resolved at compile time.
+    pub duration: Histogram,
+    /// Upstream duration histogram, resolved at compile time.
+    pub upstream_duration: Option<Histogram>,
+}
+
+/// A whole compiled config.
+pub struct Snapshot {
+    /// The `[server]` section as loaded.
+    pub server: ServerSection,
+    /// The route table.
+    pub router: Router,
+    /// Routes by index (the router's `Entry::route`).
+    pub routes: Vec<Route>,
+    /// Every upstream pool (health checks and metrics walk these).
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot, answering 404 to everything (used before the first config loads).
+    pub fn empty() -> Self {
+        Snapshot {
+            server: ServerSection::default(),
+            router: Router::default(),
+            routes: Vec::new(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// Apply `rewrite` to `path` matched by `matcher`; `None` means unchanged.
+pub fn rewrite_path<'a>(rewrite: &PathRewrite, matcher: &PathMatch, path: &'a str) -> Option<Cow<'a, str>> {
+    match (rewrite, matcher) {
+        (PathRewrite::Keep, _) => None,
+        (PathRewrite::StripPrefix, PathMatch::Prefix(p)) => {
+            let rest = &path[p.len().min(path.len())..];
+            Some(if rest.is_empty() { Cow::Borrowed("/") } else { Cow::Borrowed(rest) })
+        }
+        (PathRewrite::StripPrefix, _) => None,
+        (PathRewrite::Replace(to), PathMatch::Prefix(p)) => {
+            let rest = &path[p.len().min(path.len())..];
+            let to = to.trim_end_matches('/');
+            let mut s = String::with_capacity(to.len() + rest.len() + 1);
+            s.push_str(to);
+            s.push_str(rest);
+            if s.is_empty() {
+                s.push('/');
+            }
+            Some(Cow::Owned(s))
+        }
+        (PathRewrite::Replace(to), PathMatch::Exact(_)) => Some(Cow::Owned(to.clone())),
+        (PathRewrite::Replace(to), PathMatch::Regex(re)) => Some(regex_rewrite(re, path, to)),
+    }
+}
+
+fn regex_rewrite<'a>(re: &Regex, path: &str, template: &str) -> Cow<'a, str> {
+    match re.captures(path) {
+        Some(caps) => {
+            let mut out = String::with_capacity(template.len() + path.len());
+            caps.expand(template, &mut out);
+            Cow::Owned(out)
+        }
+        None => Cow::Owned(template.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites() {
+        let prefix = PathMatch::Prefix("/api".into());
+        assert_eq!(rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api/users").unwrap(), "/users");
+        assert_eq!(rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api").unwrap(), "/");
+        assert_eq!(rewrite_path(&PathRewrite::Replace("/v2/".into()), &prefix, "/api/x").unwrap(), "/v2/x");
+        let re = PathMatch::Regex(Regex::new(r"^/users/(?P<id>\d+)/(\w+)$").unwrap());
+        assert_eq!(
+            rewrite_path(&PathRewrite::Replace("/u/${id}/$2".into()), &re, "/users/42/posts").unwrap(),
+            "/u/42/posts"
+        );
+        assert!(rewrite_path(&PathRewrite::Keep, &prefix, "/api").is_none());
+    }
+}

@@ -1,0 +1,378 @@
+//! Upstream pools: backends, load balancing, peers, and the cache that lets a pool (and its
+//! health state) survive a config reload when its definition did not change.
+
+pub mod health;
+
+use crate::config::schema::{Algorithm, BackendSpec, HealthCheckKind, UpstreamSection};
+use futures::FutureExt;
+use http::HeaderValue;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::consistent::KetamaHashing;
+use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::{BTreeSet, HashMap};
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate_plugins::ConfigError;
+
+/// How many selector steps to take looking for a healthy, untried backend.
+const MAX_SELECT_STEPS: usize = 256;
+
+/// Where the consistent-hash key comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashOn {
+    /// The client's IP address.
+    ClientIp,
+    /// The request path.
+    Path,
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashOn {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(HashOn::ClientIp),
+            None if s == "path" => Ok(HashOn::Path),
+            Some(("header", h)) => http::HeaderName::from_bytes(h.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("{h:?} is not a header name")),
+            Some(("cookie", c)) if !c.is_empty() => Ok(HashOn::Cookie(c.to_string())),
+            _ => Err(format!(
+                "{s:?}: expected client_ip, path, header:<name> or cookie:<name>"
+            )),
+        }
+    }
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Ketama(LoadBalancer<KetamaHashing>),
+}
+
+macro_rules! with_lb {
+    ($b:expr, $lb:ident => $e:expr) => {
+        match $b {
+            Balancer::RoundRobin($lb) => $e,
+            Balancer::Random($lb) => $e,
+            Balancer::Ketama($lb) => $e,
+        }
+    };
+}
+
+/// Per-backend data computed at load so the request path only clones it.
+#[derive(Clone)]
+struct BackendInfo {
+    peer: HttpPeer,
+    host: HeaderValue,
+}
+
+/// A compiled upstream: backends behind a load balancer, with the settings of their peers.
+pub struct UpstreamPool {
+    /// Upstream name (metrics label).
+    pub name: Arc<str>,
+    balancer: Balancer,
+    /// Where the hash key comes from (consistent hashing only).
+    pub hash_on: Option<HashOn>,
+    /// Other backends to try after a failed connect.
+    pub retries: usize,
+    host: Option<HeaderValue>,
+    /// `(label, backend)` for every backend, for health metrics.
+    pub backends: Vec<(String, Backend)>,
+    health_interval: Option<Duration>,
+    /// Milliseconds since process start of the last health check run.
+    last_check_ms: AtomicU64,
+    definition: UpstreamSection,
+}
+
+impl UpstreamPool {
+    /// Build a pool from its section; errors are relative to the section.
+    pub fn build(sec: &UpstreamSection) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if sec.backends.is_empty() {
+            errors.push(ConfigError::new("backends", "an upstream needs at least one backend"));
+        }
+        let hash_on = match sec.algorithm {
+            Algorithm::ConsistentHash => match HashOn::parse(&sec.hash_on) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    errors.push(ConfigError::new("hash_on", e));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let host = match &sec.host {
+            Some(h) => match HeaderValue::from_str(h) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(ConfigError::new("host", "not a valid Host header value"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let sni = sec.sni.clone().or_else(|| sec.host.clone()).unwrap_or_default();
+        let mut set = BTreeSet::new();
+        let mut labels = Vec::new();
+        for (i, b) in sec.backends.iter().enumerate() {
+            let (addr, weight) = match b {
+                BackendSpec::Addr(a) => (a.as_str(), 1),
+                BackendSpec::Weighted { addr, weight } => (addr.as_str(), *weight),
+            };
+            if weight == 0 {
+                errors.push(ConfigError::new(format!("backends[{i}].weight"), "weight must be at least 1"));
+                continue;
+            }
+            // Resolve names once, at load; the request path only sees socket addresses.
+            let resolved = match addr.to_socket_addrs() {
+                Ok(mut it) => it.next(),
+                Err(_) => None,
+            };
+            let Some(sa) = resolved else {
+                errors.push(ConfigError::new(
+                    format!("backends[{i}]"),
+                    format!("{addr:?} is not an address (\"ip:port\" or \"host:port\")"),
+                ));
+                continue;
+            };
+            let mut peer = HttpPeer::new(sa, sec.tls, sni.clone());
+            peer.options.connection_timeout = Some(Duration::from_millis(sec.connect_timeout_ms));
+            peer.options.read_timeout = Some(Duration::from_millis(sec.read_timeout_ms));
+            peer.options.write_timeout = Some(Duration::from_millis(sec.write_timeout_ms));
+            peer.options.idle_timeout = Some(Duration::from_millis(sec.idle_timeout_ms));
+            peer.options.verify_cert = sec.verify_cert;
+            peer.options.verify_hostname = sec.verify_cert;
+            let Ok(host_value) = HeaderValue::from_str(&sa.to_string()) else {
+                continue;
+            };
+            let mut backend = Backend {
+                addr: SocketAddr::Inet(sa),
+                weight,
+                ext: Default::default(),
+            };
+            backend.ext.insert(BackendInfo {
+                peer,
+                host: host_value,
+            });
+            labels.push((sa.to_string(), backend.clone()));
+            set.insert(backend);
+        }
+        if let Some(hc) = &sec.health_check {
+            if hc.interval_ms == 0 || hc.timeout_ms == 0 {
+                errors.push(ConfigError::new("health_check", "interval_ms and timeout_ms must be > 0"));
+            }
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                errors.push(ConfigError::new("health_check", "thresholds must be at least 1"));
+            }
+            if !hc.path.starts_with('/') {
+                errors.push(ConfigError::new("health_check.path", "must start with '/'"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut backends = Backends::new(Static::new(set));
+        if let Some(hc) = &sec.health_check {
+            backends.set_health_check(health_check(sec, hc));
+        }
+        let balancer = match sec.algorithm {
+            Algorithm::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
+            Algorithm::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
+            Algorithm::ConsistentHash => Balancer::Ketama(LoadBalancer::from_backends(backends)),
+        };
+        // Static discovery never waits, so the first update completes right here.
+        with_lb!(&balancer, lb => {
+            match lb.update().now_or_never() {
+                Some(Ok(())) => {}
+                _ => return Err(vec![ConfigError::new("backends", "could not build the backend set")]),
+            }
+        });
+        Ok(UpstreamPool {
+            name: Arc::from(sec.name.as_str()),
+            balancer,
+            hash_on,
+            retries: sec.retries,
+            host,
+            backends: labels,
+            health_interval: sec
+                .health_check
+                .as_ref()
+                .map(|h| Duration::from_millis(h.interval_ms)),
+            last_check_ms: AtomicU64::new(0),
+            definition: sec.clone(),
+        })
+    }
+
+    /// Pick a healthy backend not in `exclude`, using `key` for consistent hashing.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
+        with_lb!(&self.balancer, lb => lb.select_with(key, MAX_SELECT_STEPS, |b, healthy| {
+            healthy && !exclude.contains(&b.addr)
+        }))
+    }
+
+    /// The peer to connect to for `backend` (a clone of the one prepared at load).
+    pub fn peer(&self, backend: &Backend) -> Option<HttpPeer> {
+        backend.ext.get::<BackendInfo>().map(|i| i.peer.clone())
+    }
+
+    /// The `Host` header for requests to `backend` when the route does not preserve the
+    /// client's: the upstream's `host`, else the backend address.
+    pub fn host_header(&self, backend: &Backend) -> Option<HeaderValue> {
+        self.host
+            .clone()
+            .or_else(|| backend.ext.get::<BackendInfo>().map(|i| i.host.clone()))
+    }
+
+    /// Is `backend` currently healthy?
+    pub fn is_healthy(&self, backend: &Backend) -> bool {
+        with_lb!(&self.balancer, lb => lb.backends().ready(backend))
+    }
+
+    /// Run one health-check pass if one is due at `now_ms`; returns whether it ran.
+    pub async fn health_check_if_due(&self, now_ms: u64) -> bool {
+        let Some(interval) = self.health_interval else {
+            return false;
+        };
+        let last = self.last_check_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < interval.as_millis() as u64 {
+            return false;
+        }
+        self.last_check_ms.store(now_ms.max(1), Ordering::Relaxed);
+        with_lb!(&self.balancer, lb => lb.backends().run_health_check(true).await);
+        true
+    }
+}
+
+fn health_check(
+    sec: &UpstreamSection,
+    hc: &crate::config::schema::HealthCheckSection,
+) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
+    let timeout = Duration::from_millis(hc.timeout_ms);
+    match hc.kind {
+        HealthCheckKind::Tcp => {
+            let mut c = TcpHealthCheck::new();
+            c.consecutive_success = hc.healthy_threshold;
+            c.consecutive_failure = hc.unhealthy_threshold;
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c
+        }
+        HealthCheckKind::Http => {
+            let host = hc.host.clone().unwrap_or_else(|| "localhost".to_string());
+            let mut c = HttpHealthCheck::new(&host, sec.tls);
+            c.consecutive_success = hc.healthy_threshold;
+            c.consecutive_failure = hc.unhealthy_threshold;
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c.peer_template.options.read_timeout = Some(timeout);
+            c.peer_template.options.verify_cert = sec.verify_cert;
+            if let Ok(uri) = hc.path.parse() {
+                c.req.set_uri(uri);
+            }
+            let expected = hc.expected_statuses.clone();
+            c.validator = Some(Box::new(move |resp| {
+                if expected.contains(&resp.status.as_u16()) {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::Custom("unexpected status"),
+                        format!("health check got {}", resp.status),
+                    )
+                }
+            }));
+            Box::new(c)
+        }
+    }
+}
+
+/// Keeps the pools of the running config so a reload reuses a pool whose definition did not
+/// change: its health state, and the connections pooled for its peers, carry over.
+#[derive(Default)]
+pub struct UpstreamCache {
+    pools: Mutex<HashMap<String, Arc<UpstreamPool>>>,
+}
+
+impl UpstreamCache {
+    /// The pool for `sec`: the cached one if its definition is identical, else a new one.
+    pub fn get_or_build(&self, sec: &UpstreamSection) -> Result<Arc<UpstreamPool>, Vec<ConfigError>> {
+        if let Ok(pools) = self.pools.lock() {
+            if let Some(p) = pools.get(&sec.name) {
+                if &p.definition == sec {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        UpstreamPool::build(sec).map(Arc::new)
+    }
+
+    /// Remember exactly these pools (those of the config that was just activated).
+    pub fn retain(&self, pools: &[Arc<UpstreamPool>]) {
+        if let Ok(mut map) = self.pools.lock() {
+            map.clear();
+            for p in pools {
+                map.insert(p.name.to_string(), p.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(src: &str) -> UpstreamSection {
+        toml::from_str(src).unwrap()
+    }
+
+    #[test]
+    fn weighted_round_robin_and_exclude() {
+        let p = UpstreamPool::build(&section(
+            "name = \"u\"\nbackends = [{ addr = \"127.0.0.1:1\", weight = 3 }, \"127.0.0.1:2\"]",
+        ))
+        .ok()
+        .unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..400 {
+            let b = p.select(b"", &[]).unwrap();
+            *counts.entry(b.addr.to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(counts["127.0.0.1:1"], 300);
+        assert_eq!(counts["127.0.0.1:2"], 100);
+        let first = p.backends[0].1.addr.clone();
+        for _ in 0..10 {
+            assert_ne!(p.select(b"", std::slice::from_ref(&first)).unwrap().addr, first);
+        }
+        let all: Vec<_> = p.backends.iter().map(|b| b.1.addr.clone()).collect();
+        assert!(p.select(b"", &all).is_none());
+    }
+
+    #[test]
+    fn errors_are_relative() {
+        let errs = UpstreamPool::build(&section(
+            "name = \"u\"\nbackends = [\"nope\", { addr = \"127.0.0.1:1\", weight = 0 }]\nalgorithm = \"consistent_hash\"\nhash_on = \"ip\"",
+        ))
+        .err()
+        .unwrap();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["hash_on", "backends[0]", "backends[1].weight"]);
+    }
+
+    #[test]
+    fn cache_reuses_identical_definitions() {
+        let cache = UpstreamCache::default();
+        let s = section("name = \"u\"\nbackends = [\"127.0.0.1:1\"]");
+        let a = cache.get_or_build(&s).ok().unwrap();
+        cache.retain(std::slice::from_ref(&a));
+        let b = cache.get_or_build(&s).ok().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let s2 = section("name = \"u\"\nbackends = [\"127.0.0.1:2\"]");
+        assert!(!Arc::ptr_eq(&a, &cache.get_or_build(&s2).ok().unwrap()));
+    }
+}
