@@ -61,13 +61,8 @@ pub fn start(path: &str) -> std::io::Result<()> {
             while let Ok(line) = rx.recv() {
                 let _ = buf.write_all(&line);
                 // Flush whenever the queue is empty, so lines appear promptly when idle.
-                loop {
-                    match rx.try_recv() {
-                        Ok(l) => {
-                            let _ = buf.write_all(&l);
-                        }
-                        Err(_) => break,
-                    }
+                while let Ok(l) = rx.try_recv() {
+                    let _ = buf.write_all(&l);
                 }
                 let _ = buf.flush();
             }

@@ -28,20 +28,40 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", METRICS.render()),
-            "/healthz" => respond(StatusCode::OK, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" if READY.load(Ordering::Relaxed) => {
-                respond(StatusCode::OK, "application/json", br#"{"status":"ready"}"#.to_vec())
-            }
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                METRICS.render(),
+            ),
+            "/healthz" => respond(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"ok"}"#.to_vec(),
+            ),
+            "/readyz" if READY.load(Ordering::Relaxed) => respond(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"ready"}"#.to_vec(),
+            ),
             "/readyz" => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
-                crate::proxy::error_body(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the proxy listener is not accepting yet").to_vec(),
+                crate::proxy::error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the proxy listener is not accepting yet",
+                )
+                .to_vec(),
             ),
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                crate::proxy::error_body(StatusCode::NOT_FOUND, "not_found", "admin endpoints: /metrics, /healthz, /readyz").to_vec(),
+                crate::proxy::error_body(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "admin endpoints: /metrics, /healthz, /readyz",
+                )
+                .to_vec(),
             ),
         }
     }

@@ -8,7 +8,11 @@ use tollgate::upstream::UpstreamCache;
 const DEFAULT_CONFIG: &str = "conf/tollgate.toml";
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "A fast, programmable API gateway built on Pingora")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A fast, programmable API gateway built on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

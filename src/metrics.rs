@@ -2,8 +2,8 @@
 //! paths or client data, so cardinality stays bounded.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -33,7 +33,10 @@ const BUCKETS: &[f64] = &[
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let requests = IntCounterVec::new(
-        Opts::new("tollgate_http_requests_total", "Requests by route, method and status"),
+        Opts::new(
+            "tollgate_http_requests_total",
+            "Requests by route, method and status",
+        ),
         &["route", "method", "status"],
     )?;
     let request_duration = HistogramVec::new(
@@ -53,7 +56,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["upstream"],
     )?;
     let upstream_health = IntGaugeVec::new(
-        Opts::new("tollgate_upstream_health", "1 when the backend passes health checks"),
+        Opts::new(
+            "tollgate_upstream_health",
+            "1 when the backend passes health checks",
+        ),
         &["upstream", "backend"],
     )?;
     let config_reloads = IntCounterVec::new(

@@ -68,7 +68,12 @@ fn gateway_error(code: &'static str, status: StatusCode, message: &str) -> (Answ
 impl Gateway {
     /// Send an answer made by the gateway or a plugin; the matched route's response hooks
     /// run on its header first.
-    async fn send_answer(&self, session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Result<()> {
+    async fn send_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: Answer,
+    ) -> Result<()> {
         let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
         for (n, v) in answer.headers {
             resp.append_header(n, v)?;
@@ -77,7 +82,9 @@ impl Gateway {
         self.finish_header(&mut resp, ctx);
         let head = session.req_header().method == http::Method::HEAD;
         let no_body = head || answer.body.is_empty();
-        session.write_response_header(Box::new(resp), no_body).await?;
+        session
+            .write_response_header(Box::new(resp), no_body)
+            .await?;
         if !no_body {
             session.write_response_body(Some(answer.body), true).await?;
         }
@@ -109,7 +116,12 @@ impl Gateway {
     }
 }
 
-fn hash_key<'a>(on: &HashOn, req: &'a RequestHeader, ip: Option<IpAddr>, buf: &'a mut [u8; 16]) -> &'a [u8] {
+fn hash_key<'a>(
+    on: &HashOn,
+    req: &'a RequestHeader,
+    ip: Option<IpAddr>,
+    buf: &'a mut [u8; 16],
+) -> &'a [u8] {
     match on {
         HashOn::ClientIp => match ip {
             Some(IpAddr::V4(v4)) => {
@@ -172,18 +184,30 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
 
         if has_dot_segment(req.uri.path()) {
-            let e = gateway_error("bad_request", StatusCode::BAD_REQUEST, "path contains a '.' or '..' segment");
+            let e = gateway_error(
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                "path contains a '.' or '..' segment",
+            );
             return self.answer_error(session, ctx, e).await;
         }
         let snap = ctx.snap.clone();
         let found = match snap.router.find(request_host(req), req) {
             Match::Found(i) => i,
             Match::NotFound => {
-                let e = gateway_error("route_not_found", StatusCode::NOT_FOUND, "no route matches this request");
+                let e = gateway_error(
+                    "route_not_found",
+                    StatusCode::NOT_FOUND,
+                    "no route matches this request",
+                );
                 return self.answer_error(session, ctx, e).await;
             }
             Match::MethodNotAllowed(methods) => {
-                let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                let allow = methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let (answer, code) = gateway_error(
                     "method_not_allowed",
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -257,7 +281,10 @@ impl ProxyHttp for Gateway {
         if let Some(b) = &ctx.backend {
             ctx.tried.push(b.addr.clone());
         }
-        let retries = ctx.route().and_then(|r| r.upstream.as_ref()).map_or(0, |u| u.retries);
+        let retries = ctx
+            .route()
+            .and_then(|r| r.upstream.as_ref())
+            .map_or(0, |u| u.retries);
         // Bounded by the upstream's `retries`; a new backend is picked on each try.
         e.set_retry(ctx.tried.len() <= retries);
         e
@@ -285,7 +312,10 @@ impl ProxyHttp for Gateway {
                 match new_uri.parse::<http::Uri>() {
                     Ok(u) => upstream_request.set_uri(u),
                     Err(_) => {
-                        return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(400),
+                            "rewritten path is not a valid URI",
+                        )
                     }
                 }
             }
@@ -299,7 +329,11 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(ip) = ctx.req.client_ip {
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
                 _ => ip.to_string(),
             };
@@ -345,28 +379,46 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let (status, code, message): (u16, &'static str, &str) = match e.etype() {
-            HTTPStatus(503) if ctx.error == Some("no_healthy_upstream") => {
-                (503, "no_healthy_upstream", "no healthy backend is available")
+            HTTPStatus(503) if ctx.error == Some("no_healthy_upstream") => (
+                503,
+                "no_healthy_upstream",
+                "no healthy backend is available",
+            ),
+            HTTPStatus(c) if (400..500).contains(c) => {
+                (*c, "bad_request", "the request is malformed")
             }
-            HTTPStatus(c) if (400..500).contains(c) => (*c, "bad_request", "the request is malformed"),
             HTTPStatus(c) => (*c, "upstream_error", "the upstream failed"),
-            ConnectTimedout | ReadTimedout | WriteTimedout => {
-                (504, "upstream_timeout", "the upstream did not answer in time")
-            }
+            ConnectTimedout | ReadTimedout | WriteTimedout => (
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, "upstream_unavailable", "the upstream could not be reached or failed"),
+                ErrorSource::Upstream => (
+                    502,
+                    "upstream_unavailable",
+                    "the upstream could not be reached or failed",
+                ),
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => (0, "client_closed", ""),
-                    ReadTimedout => (408, "request_timeout", "the request was not received in time"),
+                    ReadTimedout => (
+                        408,
+                        "request_timeout",
+                        "the request was not received in time",
+                    ),
                     _ => (400, "bad_request", "the request is malformed"),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "internal_error", "the gateway failed"),
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    (500, "internal_error", "the gateway failed")
+                }
             },
         };
         ctx.error = Some(code);
         if status > 0 && session.response_written().is_none() {
             if let Ok(s) = StatusCode::from_u16(status) {
-                let _ = self.send_answer(session, ctx, Answer::error(s, code, message)).await;
+                let _ = self
+                    .send_answer(session, ctx, Answer::error(s, code, message))
+                    .await;
             }
         }
         FailToProxy {
@@ -389,7 +441,10 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route_name, method_label(&req.method), status_label])
             .inc();
         if let Some(code) = ctx.error {
-            METRICS.gateway_errors.with_label_values(&[route_name, code]).inc();
+            METRICS
+                .gateway_errors
+                .with_label_values(&[route_name, code])
+                .inc();
         }
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
@@ -408,8 +463,14 @@ impl ProxyHttp for Gateway {
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route: route_name,
-                upstream: route.and_then(|r| r.upstream.as_ref()).map_or("", |u| &*u.name),
-                backend: ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_default(),
+                upstream: route
+                    .and_then(|r| r.upstream.as_ref())
+                    .map_or("", |u| &*u.name),
+                backend: ctx
+                    .backend
+                    .as_ref()
+                    .map(|b| b.addr.to_string())
+                    .unwrap_or_default(),
                 status,
                 bytes_sent: session.body_bytes_sent(),
                 duration_ms: elapsed.as_secs_f64() * 1000.0,

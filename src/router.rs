@@ -201,11 +201,19 @@ impl Router {
                 let h = h.to_ascii_lowercase();
                 if let Some(suffix) = h.strip_prefix("*.") {
                     if suffix.is_empty() || suffix.contains('*') {
-                        errors.push(ConfigError::new(at(&format!("hosts[{i}]")), "a wildcard host is \"*.example.com\""));
+                        errors.push(ConfigError::new(
+                            at(&format!("hosts[{i}]")),
+                            "a wildcard host is \"*.example.com\"",
+                        ));
                     }
                     hosts.push(HostMatch::Wildcard(format!(".{suffix}")));
                 } else if h.is_empty() || h.contains('*') || h.contains('/') {
-                    errors.push(ConfigError::new(at(&format!("hosts[{i}]")), format!("{h:?} is not a host name (\"api.example.com\" or \"*.example.com\")")));
+                    errors.push(ConfigError::new(
+                        at(&format!("hosts[{i}]")),
+                        format!(
+                            "{h:?} is not a host name (\"api.example.com\" or \"*.example.com\")"
+                        ),
+                    ));
                 } else {
                     hosts.push(HostMatch::Exact(h));
                 }
@@ -227,14 +235,20 @@ impl Router {
             for (i, m) in r.methods.iter().enumerate() {
                 match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                     Ok(m) => methods.push(m),
-                    Err(_) => errors.push(ConfigError::new(at(&format!("methods[{i}]")), format!("{m:?} is not an HTTP method"))),
+                    Err(_) => errors.push(ConfigError::new(
+                        at(&format!("methods[{i}]")),
+                        format!("{m:?} is not an HTTP method"),
+                    )),
                 }
             }
             let mut headers = Vec::new();
             for (k, v) in &r.headers {
                 match (HeaderName::from_bytes(k.as_bytes()), ValueMatch::parse(v)) {
                     (Ok(n), Ok(m)) => headers.push((n, m)),
-                    (Err(_), _) => errors.push(ConfigError::new(at(&format!("headers.{k}")), "not a valid header name")),
+                    (Err(_), _) => errors.push(ConfigError::new(
+                        at(&format!("headers.{k}")),
+                        "not a valid header name",
+                    )),
                     (_, Err(e)) => errors.push(ConfigError::new(at(&format!("headers.{k}")), e)),
                 }
             }
@@ -263,7 +277,7 @@ impl Router {
             return Err(errors);
         }
         let mut indexed: Vec<_> = order.into_iter().zip(entries).collect();
-        indexed.sort_by(|a, b| a.0.cmp(&b.0));
+        indexed.sort_by_key(|a| a.0);
         Ok(Router {
             entries: indexed.into_iter().map(|(_, e)| e).collect(),
         })
@@ -380,8 +394,14 @@ mod tests {
         assert_eq!(f("GET", "x", "/api/v2").as_deref(), Some("prefix"));
         assert_eq!(f("GET", "x", "/apix"), None);
         assert_eq!(f("GET", "x", "/api/v1/pong").as_deref(), Some("prio"));
-        assert_eq!(f("GET", "b.example.com:8080", "/api").as_deref(), Some("wild"));
-        assert_eq!(f("GET", "A.Example.com", "/api").as_deref(), Some("exacthost"));
+        assert_eq!(
+            f("GET", "b.example.com:8080", "/api").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            f("GET", "A.Example.com", "/api").as_deref(),
+            Some("exacthost")
+        );
         assert_eq!(f("GET", "example.com", "/zzz"), None);
     }
 
@@ -389,7 +409,10 @@ mod tests {
     fn methods_and_predicates() {
         let routes = vec![
             route("get", "paths = [\"/x\"]\nmethods = [\"GET\", \"head\"]"),
-            route("canary", "paths = [\"/y\"]\nheaders = { x-canary = \"1\" }\nquery = { v = \"~^[0-9]+$\" }"),
+            route(
+                "canary",
+                "paths = [\"/y\"]\nheaders = { x-canary = \"1\" }\nquery = { v = \"~^[0-9]+$\" }",
+            ),
         ];
         let router = Router::compile(&routes).unwrap();
         match router.find("h", &req("POST", "h", "/x")) {
@@ -407,10 +430,21 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        let routes = vec![route("bad", "paths = [\"api\", \"~(\"]\nhosts = [\"a*b\"]\nmethods = [\"G T\"]")];
+        let routes = vec![route(
+            "bad",
+            "paths = [\"api\", \"~(\"]\nhosts = [\"a*b\"]\nmethods = [\"G T\"]",
+        )];
         let errs = Router::compile(&routes).unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["routes[0].hosts[0]", "routes[0].paths[0]", "routes[0].paths[1]", "routes[0].methods[0]"]);
+        assert_eq!(
+            paths,
+            [
+                "routes[0].hosts[0]",
+                "routes[0].paths[0]",
+                "routes[0].paths[1]",
+                "routes[0].methods[0]"
+            ]
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
         && match crate::access_log::start(&server_cfg.access_log.path) {
             Ok(()) => true,
             Err(e) => {
-                log::error!("access log disabled: cannot open {}: {e}", server_cfg.access_log.path);
+                log::error!(
+                    "access log disabled: cannot open {}: {e}",
+                    server_cfg.access_log.path
+                );
                 false
             }
         };
@@ -83,7 +86,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
         admin.add_tcp(&server_cfg.admin_listen);
         server.add_service(admin);
     }
-    server.add_service(background_service("health checks", HealthChecker::new(config.clone())));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(config.clone()),
+    ));
     server.add_service(background_service(
         "config reload",
         Reloader {
@@ -93,8 +99,17 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
             started_with: server_cfg.clone(),
         },
     ));
-    server.add_service(background_service("readiness", ReadyProbe { listen: server_cfg.listen }));
-    log::info!("tollgate {} serving {}", env!("CARGO_PKG_VERSION"), path.display());
+    server.add_service(background_service(
+        "readiness",
+        ReadyProbe {
+            listen: server_cfg.listen,
+        },
+    ));
+    log::info!(
+        "tollgate {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        path.display()
+    );
     server.run_forever()
 }
 
@@ -110,7 +125,9 @@ impl BackgroundService for ReadyProbe {
             return;
         };
         // A wildcard address is reached through loopback.
-        let target = addr.replacen("0.0.0.0:", "127.0.0.1:", 1).replacen("[::]:", "[::1]:", 1);
+        let target = addr
+            .replacen("0.0.0.0:", "127.0.0.1:", 1)
+            .replacen("[::]:", "[::1]:", 1);
         loop {
             if tokio::net::TcpStream::connect(&target).await.is_ok() {
                 READY.store(true, Ordering::Relaxed);
@@ -214,7 +231,10 @@ fn watch_file(
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             let relevant = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
-                && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()));
             if relevant {
                 let _ = tx.send(());
             }

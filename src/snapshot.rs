@@ -78,12 +78,20 @@ impl Snapshot {
 }
 
 /// Apply `rewrite` to `path` matched by `matcher`; `None` means unchanged.
-pub fn rewrite_path<'a>(rewrite: &PathRewrite, matcher: &PathMatch, path: &'a str) -> Option<Cow<'a, str>> {
+pub fn rewrite_path<'a>(
+    rewrite: &PathRewrite,
+    matcher: &PathMatch,
+    path: &'a str,
+) -> Option<Cow<'a, str>> {
     match (rewrite, matcher) {
         (PathRewrite::Keep, _) => None,
         (PathRewrite::StripPrefix, PathMatch::Prefix(p)) => {
             let rest = &path[p.len().min(path.len())..];
-            Some(if rest.is_empty() { Cow::Borrowed("/") } else { Cow::Borrowed(rest) })
+            Some(if rest.is_empty() {
+                Cow::Borrowed("/")
+            } else {
+                Cow::Borrowed(rest)
+            })
         }
         (PathRewrite::StripPrefix, _) => None,
         (PathRewrite::Replace(to), PathMatch::Prefix(p)) => {
@@ -120,12 +128,26 @@ mod tests {
     #[test]
     fn rewrites() {
         let prefix = PathMatch::Prefix("/api".into());
-        assert_eq!(rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api/users").unwrap(), "/users");
-        assert_eq!(rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api").unwrap(), "/");
-        assert_eq!(rewrite_path(&PathRewrite::Replace("/v2/".into()), &prefix, "/api/x").unwrap(), "/v2/x");
+        assert_eq!(
+            rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api/users").unwrap(),
+            "/users"
+        );
+        assert_eq!(
+            rewrite_path(&PathRewrite::StripPrefix, &prefix, "/api").unwrap(),
+            "/"
+        );
+        assert_eq!(
+            rewrite_path(&PathRewrite::Replace("/v2/".into()), &prefix, "/api/x").unwrap(),
+            "/v2/x"
+        );
         let re = PathMatch::Regex(Regex::new(r"^/users/(?P<id>\d+)/(\w+)$").unwrap());
         assert_eq!(
-            rewrite_path(&PathRewrite::Replace("/u/${id}/$2".into()), &re, "/users/42/posts").unwrap(),
+            rewrite_path(
+                &PathRewrite::Replace("/u/${id}/$2".into()),
+                &re,
+                "/users/42/posts"
+            )
+            .unwrap(),
             "/u/42/posts"
         );
         assert!(rewrite_path(&PathRewrite::Keep, &prefix, "/api").is_none());

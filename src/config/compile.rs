@@ -26,7 +26,10 @@ pub fn compile(
         if !TOP_LEVEL.contains(&key.as_str()) {
             errors.push(ConfigError::new(
                 key.as_str(),
-                format!("unknown section `{key}`, expected one of: {}", TOP_LEVEL.join(", ")),
+                format!(
+                    "unknown section `{key}`, expected one of: {}",
+                    TOP_LEVEL.join(", ")
+                ),
             ));
         }
     }
@@ -72,7 +75,10 @@ pub fn compile(
     let route_sections: Vec<(usize, RouteSection)> =
         parse_array(table.get("routes"), "routes", &mut errors);
     if route_sections.is_empty() && !errors.iter().any(|e| e.path.starts_with("routes")) {
-        errors.push(ConfigError::new("routes", "at least one [[routes]] entry is needed"));
+        errors.push(ConfigError::new(
+            "routes",
+            "at least one [[routes]] entry is needed",
+        ));
     }
     let mut routes = Vec::new();
     let mut names = HashMap::new();
@@ -90,7 +96,12 @@ pub fn compile(
     }
     // Router errors are reported against the config's own indexes, so only compile it once
     // every route parsed (indexes then line up).
-    let router = if route_sections.len() == table.get("routes").and_then(|v| v.as_array()).map_or(0, |a| a.len()) {
+    let router = if route_sections.len()
+        == table
+            .get("routes")
+            .and_then(|v| v.as_array())
+            .map_or(0, |a| a.len())
+    {
         let sections: Vec<RouteSection> = route_sections.iter().map(|(_, r)| r.clone()).collect();
         match Router::compile(&sections) {
             Ok(r) => r,
@@ -115,7 +126,10 @@ pub fn compile(
 
 fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
     if s.listen.is_empty() {
-        errors.push(ConfigError::new("server.listen", "at least one listen address is needed"));
+        errors.push(ConfigError::new(
+            "server.listen",
+            "at least one listen address is needed",
+        ));
     }
     for (i, l) in s.listen.iter().enumerate() {
         if l.parse::<SocketAddr>().is_err() {
@@ -138,7 +152,10 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
         ));
     }
     if s.access_log.enabled && s.access_log.path.is_empty() {
-        errors.push(ConfigError::new("server.access_log.path", "use \"-\" for stdout or a file path"));
+        errors.push(ConfigError::new(
+            "server.access_log.path",
+            "use \"-\" for stdout or a file path",
+        ));
     }
 }
 
@@ -153,7 +170,10 @@ fn parse_array<T: serde::de::DeserializeOwned>(
         return Vec::new();
     };
     let Some(items) = value.as_array() else {
-        errors.push(ConfigError::new(name, format!("expected an array: [[{name}]]")));
+        errors.push(ConfigError::new(
+            name,
+            format!("expected an array: [[{name}]]"),
+        ));
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -182,7 +202,10 @@ fn build_globals(
         return out;
     };
     let Some(table) = value.as_table() else {
-        errors.push(ConfigError::new("plugins", "expected tables: [plugins.<name>]"));
+        errors.push(ConfigError::new(
+            "plugins",
+            "expected tables: [plugins.<name>]",
+        ));
         return out;
     };
     for (name, cfg) in table {
@@ -196,7 +219,10 @@ fn build_globals(
             None => true,
             Some(toml::Value::Boolean(b)) => b,
             Some(_) => {
-                errors.push(ConfigError::new(format!("{at}.enabled"), "expected true or false"));
+                errors.push(ConfigError::new(
+                    format!("{at}.enabled"),
+                    "expected true or false",
+                ));
                 true
             }
         };
@@ -220,7 +246,10 @@ fn construct(
     let Some(ctor) = registry.get(name) else {
         errors.push(ConfigError::new(
             at,
-            format!("unknown plugin {name:?}; available: {}", registry.names().join(", ")),
+            format!(
+                "unknown plugin {name:?}; available: {}",
+                registry.names().join(", ")
+            ),
         ));
         return None;
     };
@@ -268,12 +297,18 @@ fn compile_route(
         }
         (Some(to), false) => {
             if !to.starts_with('/') {
-                errors.push(ConfigError::new(format!("{at}.rewrite"), "must start with '/'"));
+                errors.push(ConfigError::new(
+                    format!("{at}.rewrite"),
+                    "must start with '/'",
+                ));
             }
             PathRewrite::Replace(to.clone())
         }
         (None, true) => {
-            if r.paths.iter().any(|p| p.starts_with('=') || p.starts_with('~')) {
+            if r.paths
+                .iter()
+                .any(|p| p.starts_with('=') || p.starts_with('~'))
+            {
                 errors.push(ConfigError::new(
                     format!("{at}.strip_prefix"),
                     "strip_prefix needs prefix paths (\"/api\"), not exact or regex ones",
@@ -296,7 +331,10 @@ fn compile_route(
                 let name = match t.remove("name") {
                     Some(toml::Value::String(n)) => n,
                     _ => {
-                        errors.push(ConfigError::new(&pat, "a plugin table needs `name = \"...\"`"));
+                        errors.push(ConfigError::new(
+                            &pat,
+                            "a plugin table needs `name = \"...\"`",
+                        ));
                         continue;
                     }
                 };
@@ -304,19 +342,28 @@ fn compile_route(
                     None => true,
                     Some(toml::Value::Boolean(b)) => b,
                     Some(_) => {
-                        errors.push(ConfigError::new(format!("{pat}.enabled"), "expected true or false"));
+                        errors.push(ConfigError::new(
+                            format!("{pat}.enabled"),
+                            "expected true or false",
+                        ));
                         true
                     }
                 };
                 (name, enabled, if t.is_empty() { None } else { Some(t) })
             }
             _ => {
-                errors.push(ConfigError::new(&pat, "expected a plugin name or a table with `name`"));
+                errors.push(ConfigError::new(
+                    &pat,
+                    "expected a plugin name or a table with `name`",
+                ));
                 continue;
             }
         };
         if overridden.contains_key(&name) || local.iter().any(|c| c.name == name) {
-            errors.push(ConfigError::new(&pat, format!("plugin {name:?} is listed twice")));
+            errors.push(ConfigError::new(
+                &pat,
+                format!("plugin {name:?} is listed twice"),
+            ));
             continue;
         }
         if !enabled {
@@ -365,7 +412,9 @@ fn compile_route(
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Some(Route {
         name: Arc::from(r.name.as_str()),
-        upstream_duration: upstream.as_ref().map(|u| METRICS.upstream_histogram(&u.name)),
+        upstream_duration: upstream
+            .as_ref()
+            .map(|u| METRICS.upstream_histogram(&u.name)),
         upstream,
         chain: chain.into_boxed_slice(),
         rewrite,

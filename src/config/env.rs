@@ -6,14 +6,10 @@ use tollgate_plugins::ConfigError;
 /// `$${` writes a literal `${`. An unset variable is an error at that value's path.
 pub fn expand(value: &mut toml::Value, path: &str, errors: &mut Vec<ConfigError>) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                match expand_str(s) {
-                    Ok(new) => *s = new,
-                    Err(msg) => errors.push(ConfigError::new(path, msg)),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains("${") => match expand_str(s) {
+            Ok(new) => *s = new,
+            Err(msg) => errors.push(ConfigError::new(path, msg)),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 expand(item, &format!("{path}[{i}]"), errors);
@@ -71,9 +67,14 @@ mod tests {
     #[test]
     fn expands_and_reports() {
         std::env::set_var("TOLLGATE_TEST_ENV_A", "secret");
-        assert_eq!(expand_str("k=${TOLLGATE_TEST_ENV_A}!").unwrap(), "k=secret!");
+        assert_eq!(
+            expand_str("k=${TOLLGATE_TEST_ENV_A}!").unwrap(),
+            "k=secret!"
+        );
         assert_eq!(expand_str("$${X}").unwrap(), "${X}");
-        assert!(expand_str("${TOLLGATE_TEST_ENV_UNSET}").unwrap_err().contains("not set"));
+        assert!(expand_str("${TOLLGATE_TEST_ENV_UNSET}")
+            .unwrap_err()
+            .contains("not set"));
         assert!(expand_str("${A").is_err());
         let mut v: toml::Value = toml::from_str("a = [\"${TOLLGATE_TEST_ENV_UNSET}\"]").unwrap();
         let mut errs = Vec::new();

@@ -27,7 +27,11 @@ impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: {} error(s)", self.file, self.errors.len())?;
         for (line, e) in &self.errors {
-            let path = if e.path.is_empty() { "(top level)" } else { &e.path };
+            let path = if e.path.is_empty() {
+                "(top level)"
+            } else {
+                &e.path
+            };
             match line {
                 Some(l) => writeln!(f, "  {path} (line {l}): {}", e.message)?,
                 None => writeln!(f, "  {path}: {}", e.message)?,
@@ -44,7 +48,10 @@ pub fn load_file(path: &Path, cache: &UpstreamCache) -> Result<Snapshot, ConfigE
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: file.clone(),
-        errors: vec![(None, ConfigError::new("", format!("cannot read the file: {e}")))],
+        errors: vec![(
+            None,
+            ConfigError::new("", format!("cannot read the file: {e}")),
+        )],
     })?;
     load_str(&text, &file, cache)
 }
@@ -69,7 +76,10 @@ pub fn load_str(text: &str, file: &str, cache: &UpstreamCache) -> Result<Snapsho
             let line = e.span().map(|s| index.line_of(s.start));
             return Err(ConfigErrors {
                 file: file.to_string(),
-                errors: vec![(line, ConfigError::new("", format!("invalid TOML: {}", e.message())))],
+                errors: vec![(
+                    line,
+                    ConfigError::new("", format!("invalid TOML: {}", e.message())),
+                )],
             });
         }
     };

@@ -31,7 +31,11 @@ impl HealthChecker {
         let snap = self.config.load_full();
         let now_ms = epoch.elapsed().as_millis() as u64 + 1;
         for pool in &snap.upstreams {
-            let before: Vec<bool> = pool.backends.iter().map(|(_, b)| pool.is_healthy(b)).collect();
+            let before: Vec<bool> = pool
+                .backends
+                .iter()
+                .map(|(_, b)| pool.is_healthy(b))
+                .collect();
             pool.health_check_if_due(now_ms).await;
             for ((label, b), was) in pool.backends.iter().zip(before) {
                 let healthy = pool.is_healthy(b);

@@ -98,7 +98,10 @@ impl UpstreamPool {
     pub fn build(sec: &UpstreamSection) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         if sec.backends.is_empty() {
-            errors.push(ConfigError::new("backends", "an upstream needs at least one backend"));
+            errors.push(ConfigError::new(
+                "backends",
+                "an upstream needs at least one backend",
+            ));
         }
         let hash_on = match sec.algorithm {
             Algorithm::ConsistentHash => match HashOn::parse(&sec.hash_on) {
@@ -120,7 +123,11 @@ impl UpstreamPool {
             },
             None => None,
         };
-        let sni = sec.sni.clone().or_else(|| sec.host.clone()).unwrap_or_default();
+        let sni = sec
+            .sni
+            .clone()
+            .or_else(|| sec.host.clone())
+            .unwrap_or_default();
         let mut set = BTreeSet::new();
         let mut labels = Vec::new();
         for (i, b) in sec.backends.iter().enumerate() {
@@ -129,7 +136,10 @@ impl UpstreamPool {
                 BackendSpec::Weighted { addr, weight } => (addr.as_str(), *weight),
             };
             if weight == 0 {
-                errors.push(ConfigError::new(format!("backends[{i}].weight"), "weight must be at least 1"));
+                errors.push(ConfigError::new(
+                    format!("backends[{i}].weight"),
+                    "weight must be at least 1",
+                ));
                 continue;
             }
             // Resolve names once, at load; the request path only sees socket addresses.
@@ -168,10 +178,16 @@ impl UpstreamPool {
         }
         if let Some(hc) = &sec.health_check {
             if hc.interval_ms == 0 || hc.timeout_ms == 0 {
-                errors.push(ConfigError::new("health_check", "interval_ms and timeout_ms must be > 0"));
+                errors.push(ConfigError::new(
+                    "health_check",
+                    "interval_ms and timeout_ms must be > 0",
+                ));
             }
             if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                errors.push(ConfigError::new("health_check", "thresholds must be at least 1"));
+                errors.push(ConfigError::new(
+                    "health_check",
+                    "thresholds must be at least 1",
+                ));
             }
             if !hc.path.starts_with('/') {
                 errors.push(ConfigError::new("health_check.path", "must start with '/'"));
@@ -301,7 +317,10 @@ pub struct UpstreamCache {
 
 impl UpstreamCache {
     /// The pool for `sec`: the cached one if its definition is identical, else a new one.
-    pub fn get_or_build(&self, sec: &UpstreamSection) -> Result<Arc<UpstreamPool>, Vec<ConfigError>> {
+    pub fn get_or_build(
+        &self,
+        sec: &UpstreamSection,
+    ) -> Result<Arc<UpstreamPool>, Vec<ConfigError>> {
         if let Ok(pools) = self.pools.lock() {
             if let Some(p) = pools.get(&sec.name) {
                 if &p.definition == sec {
@@ -347,7 +366,10 @@ mod tests {
         assert_eq!(counts["127.0.0.1:2"], 100);
         let first = p.backends[0].1.addr.clone();
         for _ in 0..10 {
-            assert_ne!(p.select(b"", std::slice::from_ref(&first)).unwrap().addr, first);
+            assert_ne!(
+                p.select(b"", std::slice::from_ref(&first)).unwrap().addr,
+                first
+            );
         }
         let all: Vec<_> = p.backends.iter().map(|b| b.1.addr.clone()).collect();
         assert!(p.select(b"", &all).is_none());
