@@ -61,8 +61,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
         grace_period_seconds: Some(server_cfg.shutdown_grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(server_cfg.shutdown_timeout_seconds),
         upstream_keepalive_pool_size: server_cfg.upstream_keepalive_pool_size,
-        upgrade_sock: "/tmp/tollgate_upgrade.sock".to_string(),
-        pid_file: "/tmp/tollgate.pid".to_string(),
+        upgrade_sock: server_cfg.upgrade_sock.clone(),
+        pid_file: server_cfg.pid_file.clone(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -162,6 +162,8 @@ impl Reloader {
                     || s.threads != old.threads
                     || s.work_stealing != old.work_stealing
                     || s.access_log != old.access_log
+                    || s.pid_file != old.pid_file
+                    || s.upgrade_sock != old.upgrade_sock
                 {
                     log::warn!("listeners, threads and access_log changes take effect on restart");
                 }

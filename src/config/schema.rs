@@ -37,6 +37,12 @@ pub struct ServerSection {
     /// The access log.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// Where the process id is written (used to signal the running process).
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Unix socket over which listening sockets pass to a new process on upgrade.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
 }
 
 /// `[server.access_log]`: one JSON line per request.
@@ -72,6 +78,8 @@ impl Default for ServerSection {
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upstream_keepalive_pool_size: default_pool(),
             access_log: AccessLogSection::default(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
         }
     }
 }
@@ -264,6 +272,12 @@ fn default_pool() -> usize {
 }
 fn default_access_log_path() -> String {
     "-".to_string()
+}
+fn default_pid_file() -> String {
+    "/tmp/tollgate.pid".to_string()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/tollgate_upgrade.sock".to_string()
 }
 fn default_weight() -> usize {
     1
