@@ -29,6 +29,9 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Hash a password for `[[consumers]] basic_auth.password_hash` (argon2id). Reads the
+    /// password from standard input (first line), prints the hash.
+    HashPassword,
     /// Validate a config file: exit 0 with a summary, or 1 listing every error.
     Check {
         /// Config file.
@@ -56,6 +59,28 @@ fn main() -> ExitCode {
                 }
                 Err(errors) => {
                     eprint!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("cannot read the password from standard input");
+                return ExitCode::FAILURE;
+            }
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("empty password");
+                return ExitCode::FAILURE;
+            }
+            match tollgate_plugins::basic_auth::hash_password(password) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot hash: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `tollgate_gateway_errors_total{route,error}`: answers made by the gateway itself.
     pub gateway_errors: IntCounterVec,
+    /// `tollgate_auth_failures_total{route,plugin,reason}`.
+    pub auth_failures: IntCounterVec,
     /// `tollgate_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
 }
@@ -73,6 +75,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "error"],
     )?;
+    let auth_failures = IntCounterVec::new(
+        Opts::new(
+            "tollgate_auth_failures_total",
+            "Requests refused by an authentication or authorization plugin, by reason",
+        ),
+        &["route", "plugin", "reason"],
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -84,6 +93,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(config_reloads.clone()))?;
     registry.register(Box::new(gateway_errors.clone()))?;
     registry.register(Box::new(access_log_dropped.clone()))?;
+    registry.register(Box::new(auth_failures.clone()))?;
     // Both outcomes show from the start, so a dashboard can alert on failures going up.
     config_reloads.with_label_values(&["success"]);
     config_reloads.with_label_values(&["failure"]);
@@ -95,6 +105,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_health,
         config_reloads,
         gateway_errors,
+        auth_failures,
         access_log_dropped,
     })
 }

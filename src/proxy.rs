@@ -19,7 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
-use tollgate_plugins::{Answer, Flow, RequestCtx, RequestId};
+use tollgate_plugins::{chain, Answer, Phase, RequestCtx, RequestId};
 
 /// Header carrying the request id upstream and back to the client.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -224,14 +224,18 @@ impl ProxyHttp for Gateway {
         ctx.matched = Some((route_idx, found));
         let route = &snap.routes[route_idx];
         ctx.req.route = route.name.clone();
-        for plugin in route.chain.iter() {
-            if let Flow::Respond(answer) = plugin.request(session, &mut ctx.req).await {
-                if answer.status.is_client_error() || answer.status.is_server_error() {
-                    ctx.error = Some(plugin.name());
+        if let Some(stop) = chain::run_request(&route.chain, session, &mut ctx.req).await {
+            if let Some(code) = stop.answer.code {
+                ctx.error = Some(code);
+                if matches!(stop.phase, Phase::Authentication | Phase::Authorization) {
+                    METRICS
+                        .auth_failures
+                        .with_label_values(&[&*route.name, stop.plugin, code])
+                        .inc();
                 }
-                self.send_answer(session, ctx, answer).await?;
-                return Ok(true);
             }
+            self.send_answer(session, ctx, stop.answer).await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -344,6 +348,7 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("x-forwarded-host", h)?;
         }
         upstream_request.insert_header(REQUEST_ID, ctx.req.request_id.as_str())?;
+        set_identity_headers(upstream_request, &ctx.req)?;
         for p in route.chain.iter() {
             p.upstream_request(upstream_request, &mut ctx.req);
         }
@@ -481,7 +486,43 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Identity headers the upstream may trust: whatever the client sent under these names is
+/// removed on every request, then set from the authenticated identity, if any.
+pub const IDENTITY_HEADERS: [&str; 6] = [
+    "x-consumer-id",
+    "x-consumer-username",
+    "x-consumer-custom-id",
+    "x-consumer-groups",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+];
+
+fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    for h in IDENTITY_HEADERS {
+        req.remove_header(h);
+    }
+    let Some(id) = &ctx.identity else {
+        return Ok(());
+    };
+    let h = &id.consumer.headers;
+    req.insert_header("x-consumer-id", h.id.clone())?;
+    req.insert_header("x-consumer-username", h.username.clone())?;
+    if let Some(c) = &h.custom_id {
+        req.insert_header("x-consumer-custom-id", c.clone())?;
+    }
+    if let Some(g) = &h.groups {
+        req.insert_header("x-consumer-groups", g.clone())?;
+    }
+    if let Some(c) = &id.credential {
+        req.insert_header("x-credential-identifier", c.clone())?;
+    }
+    if id.anonymous {
+        req.insert_header("x-anonymous-consumer", "true")?;
+    }
+    Ok(())
+}
+
 /// Body of the JSON answer for `status` and `code` (used by the admin listener too).
-pub fn error_body(status: StatusCode, code: &str, message: &str) -> Bytes {
+pub fn error_body(status: StatusCode, code: &'static str, message: &str) -> Bytes {
     Answer::error(status, code, message).body
 }

@@ -15,13 +15,15 @@ pub struct Answer {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The whole body.
     pub body: Bytes,
+    /// The stable error code of an error answer (`None` for answers like `mock`'s).
+    pub code: Option<&'static str>,
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Answer {
     /// A JSON error answer with a stable machine-readable `code` and a human `message`.
-    pub fn error(status: StatusCode, code: &str, message: &str) -> Self {
+    pub fn error(status: StatusCode, code: &'static str, message: &str) -> Self {
         let body = serde_json::json!({
             "error": code,
             "message": message,
@@ -31,6 +33,7 @@ impl Answer {
             status,
             headers: vec![(http::header::CONTENT_TYPE, JSON)],
             body: Bytes::from(body.to_string()),
+            code: Some(code),
         }
     }
 

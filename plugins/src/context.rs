@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// The request id sent upstream and echoed to the client.
     pub request_id: RequestId,
+    /// Who the request was authenticated as, once an authentication plugin succeeded.
+    pub identity: Option<crate::consumer::Identity>,
     /// Plugin-private per-request state, keyed by type (allocates only when used).
     pub extensions: http::Extensions,
 }
@@ -76,6 +78,7 @@ impl RequestCtx {
             route,
             client_ip,
             request_id,
+            identity: None,
             extensions: http::Extensions::new(),
         }
     }

@@ -55,7 +55,10 @@ impl CompiledOps {
                 )),
             }
         }
-        for (kind, map, dst) in [("set", &ops.set, &mut out.set), ("add", &ops.add, &mut out.add)] {
+        for (kind, map, dst) in [
+            ("set", &ops.set, &mut out.set),
+            ("add", &ops.add, &mut out.add),
+        ] {
             for (k, v) in map {
                 match (
                     HeaderName::from_bytes(k.as_bytes()),
@@ -84,7 +87,10 @@ pub struct Headers {
 }
 
 /// Constructor for the registry.
-pub fn build(value: &toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
+pub fn build(
+    value: &toml::Value,
+    _ctx: &crate::BuildCtx,
+) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
     let cfg: HeadersConfig = crate::parse_config(value).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let request = CompiledOps::compile(&cfg.request, "request", &mut errors);
@@ -147,7 +153,7 @@ mod tests {
             "[response]\nremove = [\"server\"]\nset = { x-a = \"1\" }\nadd = { x-a = \"2\", x-b = \"3\" }",
         )
         .unwrap();
-        let p = build(&v).ok().unwrap();
+        let p = build(&v, &Default::default()).ok().unwrap();
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("server", "up").unwrap();
         resp.insert_header("x-a", "0").unwrap();
@@ -161,8 +167,11 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_bad_names() {
-        assert!(build(&toml::Value::Table(Default::default())).is_err());
+        assert!(build(&toml::Value::Table(Default::default()), &Default::default()).is_err());
         let v: toml::Value = toml::from_str("[request]\nremove = [\"a b\"]").unwrap();
-        assert_eq!(build(&v).err().unwrap()[0].path, "request.remove[0]");
+        assert_eq!(
+            build(&v, &Default::default()).err().unwrap()[0].path,
+            "request.remove[0]"
+        );
     }
 }

@@ -8,16 +8,23 @@
 //! Plugins know nothing about files, listeners or reloads: the gateway crate compiles a config
 //! into per-route chains of `Arc<dyn Plugin>` and calls the hooks in a fixed phase order.
 
+pub mod acl;
 pub mod answer;
+pub mod basic_auth;
+pub mod chain;
 pub mod config_error;
+pub mod consumer;
 pub mod context;
 pub mod headers;
+pub mod jwt;
+pub mod key_auth;
 pub mod mock;
 pub mod plugin;
 pub mod registry;
 
 pub use answer::Answer;
 pub use config_error::{parse_config, ConfigError};
+pub use consumer::{Consumer, Consumers, Identity};
 pub use context::{RequestCtx, RequestId};
-pub use plugin::{Flow, Phase, Plugin};
-pub use registry::{Constructor, Registry};
+pub use plugin::{Auth, Flow, Phase, Plugin};
+pub use registry::{BuildCtx, Constructor, Registry};

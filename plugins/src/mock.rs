@@ -38,7 +38,10 @@ pub struct Mock {
 }
 
 /// Constructor for the registry.
-pub fn build(value: &toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
+pub fn build(
+    value: &toml::Value,
+    _ctx: &crate::BuildCtx,
+) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
     let cfg: MockConfig = parse_config(value).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let status = match StatusCode::from_u16(cfg.status) {
@@ -54,10 +57,7 @@ pub fn build(value: &toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
     let mut headers = Vec::new();
     match HeaderValue::from_str(&cfg.content_type) {
         Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
-        Err(_) => errors.push(ConfigError::new(
-            "content_type",
-            "not a valid header value",
-        )),
+        Err(_) => errors.push(ConfigError::new("content_type", "not a valid header value")),
     }
     for (k, v) in &cfg.headers {
         match (
@@ -79,6 +79,7 @@ pub fn build(value: &toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
             status,
             headers,
             body: Bytes::from(cfg.body),
+            code: None,
         },
     }))
 }
@@ -104,14 +105,15 @@ mod tests {
 
     #[test]
     fn validates_status_and_headers() {
-        let v: toml::Value = toml::from_str("status = 42\n[headers]\n\"bad name\" = \"x\"").unwrap();
-        let errs = build(&v).err().unwrap();
+        let v: toml::Value =
+            toml::from_str("status = 42\n[headers]\n\"bad name\" = \"x\"").unwrap();
+        let errs = build(&v, &Default::default()).err().unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["status", "headers.bad name"]);
         let v: toml::Value = toml::from_str("stauts = 200").unwrap();
-        let errs = build(&v).err().unwrap();
+        let errs = build(&v, &Default::default()).err().unwrap();
         assert!(errs[0].message.contains("unknown field `stauts`"));
         let v: toml::Value = toml::from_str("status = 201\nbody = \"hi\"").unwrap();
-        assert!(build(&v).is_ok());
+        assert!(build(&v, &Default::default()).is_ok());
     }
 }

@@ -1,9 +1,11 @@
 //! The plugin trait and the fixed phase order of a chain.
 
+use crate::consumer::{Consumer, Identity};
 use crate::{Answer, RequestCtx};
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use std::sync::Arc;
 
 /// Where a plugin runs in a route's chain. Chains are sorted by phase once, when the config is
 /// compiled; within a phase, plugins keep the order they were listed in (global ones first).
@@ -36,6 +38,17 @@ pub enum Flow {
     Respond(Answer),
 }
 
+/// What an authentication plugin found.
+#[derive(Debug)]
+pub enum Auth {
+    /// The request carries valid credentials of this identity.
+    Authenticated(Identity),
+    /// The request carries no credentials this plugin reads; the answer says so (401).
+    Missing(Answer),
+    /// The request carries credentials this plugin reads, and they are wrong (401/403).
+    Invalid(Answer),
+}
+
 /// A statically compiled plugin. One instance is built per place it is configured (a route, or
 /// the global `[plugins.<name>]` table) when the config is compiled, and shared by every request
 /// on that route, so hooks take `&self` and keep per-request state in [`RequestCtx`].
@@ -53,6 +66,24 @@ pub trait Plugin: Send + Sync + 'static {
     /// continue or answer.
     async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
+    }
+
+    /// Authentication phase only: establish who is calling. All authentication plugins of a
+    /// route are alternatives: the first that returns [`Auth::Authenticated`] wins; if none
+    /// does and no credentials were presented, the route's `anonymous` consumer is used when
+    /// one is configured; otherwise the first [`Auth::Invalid`] answer (or, when no plugin
+    /// found credentials, the first [`Auth::Missing`] one) is sent.
+    async fn authenticate(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
+        Auth::Missing(Answer::error(
+            http::StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+            "no credentials",
+        ))
+    }
+
+    /// The consumer to use when no credentials are presented (`anonymous = "..."`).
+    fn anonymous(&self) -> Option<&Arc<Consumer>> {
+        None
     }
 
     /// Change the request that is about to be sent upstream (headers, path).

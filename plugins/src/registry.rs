@@ -1,12 +1,27 @@
 //! Maps a plugin name from the TOML config to the constructor that validates its config.
 
-use crate::{headers, mock, ConfigError, Plugin};
+use crate::consumer::Consumers;
+use crate::{acl, basic_auth, headers, jwt, key_auth, mock, ConfigError, Plugin};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// What a plugin constructor may use besides its own TOML table.
+pub struct BuildCtx {
+    /// The config's consumers (for auth plugins).
+    pub consumers: Arc<Consumers>,
+}
+
+impl Default for BuildCtx {
+    fn default() -> Self {
+        BuildCtx {
+            consumers: Arc::new(Consumers::default()),
+        }
+    }
+}
+
 /// Builds a plugin from its TOML table (without the `name`/`enabled` keys), or says what is
 /// wrong with it, with paths relative to that table.
-pub type Constructor = fn(&toml::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>>;
+pub type Constructor = fn(&toml::Value, &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>>;
 
 /// The set of plugins a gateway can use, by name.
 pub struct Registry {
@@ -21,6 +36,10 @@ impl Registry {
         };
         r.register(mock::NAME, mock::build);
         r.register(headers::NAME, headers::build);
+        r.register(key_auth::NAME, key_auth::build);
+        r.register(basic_auth::NAME, basic_auth::build);
+        r.register(jwt::NAME, jwt::build);
+        r.register(acl::NAME, acl::build);
         r
     }
 

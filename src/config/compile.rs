@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_plugins::{parse_config, ConfigError, Phase, Plugin, Registry};
+use tollgate_plugins::{parse_config, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry};
 
-const TOP_LEVEL: &[&str] = &["server", "upstreams", "routes", "plugins"];
+const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "plugins"];
 
 /// Compile a parsed (and env-expanded) config. All errors are returned together.
 pub fn compile(
@@ -70,7 +70,17 @@ pub fn compile(
         }
     }
 
-    let globals = build_globals(table.get("plugins"), registry, &mut errors);
+    let consumers = match Consumers::build(table.get("consumers")) {
+        Ok(c) => c,
+        Err(errs) => {
+            errors.extend(errs);
+            Consumers::default()
+        }
+    };
+    let build_ctx = BuildCtx {
+        consumers: Arc::new(consumers),
+    };
+    let globals = build_globals(table.get("plugins"), registry, &build_ctx, &mut errors);
 
     let route_sections: Vec<(usize, RouteSection)> =
         parse_array(table.get("routes"), "routes", &mut errors);
@@ -90,7 +100,15 @@ pub fn compile(
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        if let Some(route) = compile_route(r, &at, &upstreams, &globals, registry, &mut errors) {
+        if let Some(route) = compile_route(
+            r,
+            &at,
+            &upstreams,
+            &globals,
+            registry,
+            &build_ctx,
+            &mut errors,
+        ) {
             routes.push(route);
         }
     }
@@ -195,6 +213,7 @@ struct Configured {
 fn build_globals(
     value: Option<&toml::Value>,
     registry: &Registry,
+    ctx: &BuildCtx,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, Arc<dyn Plugin>> {
     let mut out = BTreeMap::new();
@@ -226,7 +245,14 @@ fn build_globals(
                 true
             }
         };
-        match construct(registry, name, &toml::Value::Table(cfg_table), &at, errors) {
+        match construct(
+            registry,
+            name,
+            &toml::Value::Table(cfg_table),
+            ctx,
+            &at,
+            errors,
+        ) {
             Some(p) if enabled => {
                 out.insert(name.clone(), p);
             }
@@ -240,6 +266,7 @@ fn construct(
     registry: &Registry,
     name: &str,
     cfg: &toml::Value,
+    ctx: &BuildCtx,
     at: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Arc<dyn Plugin>> {
@@ -253,7 +280,7 @@ fn construct(
         ));
         return None;
     };
-    match ctor(cfg) {
+    match ctor(cfg, ctx) {
         Ok(p) => Some(p),
         Err(errs) => {
             errors.extend(errs.into_iter().map(|e| e.under(at)));
@@ -268,6 +295,7 @@ fn compile_route(
     upstreams: &HashMap<String, Arc<UpstreamPool>>,
     globals: &BTreeMap<String, Arc<dyn Plugin>>,
     registry: &Registry,
+    ctx: &BuildCtx,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
     let before = errors.len();
@@ -380,6 +408,7 @@ fn compile_route(
                 registry,
                 &name,
                 &toml::Value::Table(cfg.unwrap_or_default()),
+                ctx,
                 &pat,
                 errors,
             ),
@@ -400,6 +429,14 @@ fn compile_route(
     // Stable: within a phase, globals first, then the route's order.
     chain.sort_by_key(|p| p.phase());
 
+    if chain.iter().any(|p| p.phase() == Phase::Authorization)
+        && !chain.iter().any(|p| p.phase() == Phase::Authentication)
+    {
+        errors.push(ConfigError::new(
+            format!("{at}.plugins"),
+            "acl needs an authentication plugin (key_auth, basic_auth or jwt) on the route",
+        ));
+    }
     if r.upstream.is_none() && !chain.iter().any(|p| p.phase() == Phase::Respond) {
         errors.push(ConfigError::new(
             at,

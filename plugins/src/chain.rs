@@ -1,0 +1,89 @@
+//! Runs a route's request phase: each plugin in phase order, with the authentication plugins
+//! of a route treated as alternatives.
+
+use crate::consumer::Identity;
+use crate::{Answer, Auth, Flow, Phase, Plugin, RequestCtx};
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// Why the request phase stopped early.
+pub struct Stop {
+    /// The answer to send.
+    pub answer: Answer,
+    /// The plugin that answered.
+    pub plugin: &'static str,
+    /// Its phase.
+    pub phase: Phase,
+}
+
+/// Run the request hooks of `chain` (sorted by phase). `None` means: go on to the upstream.
+pub async fn run_request(
+    chain: &[Arc<dyn Plugin>],
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Option<Stop> {
+    let mut i = 0;
+    while i < chain.len() {
+        let plugin = &chain[i];
+        if plugin.phase() == Phase::Authentication {
+            let n = chain[i..]
+                .iter()
+                .take_while(|p| p.phase() == Phase::Authentication)
+                .count();
+            if let Some(stop) = authenticate(&chain[i..i + n], session, ctx).await {
+                return Some(stop);
+            }
+            i += n;
+            continue;
+        }
+        if let Flow::Respond(answer) = plugin.request(session, ctx).await {
+            return Some(Stop {
+                answer,
+                plugin: plugin.name(),
+                phase: plugin.phase(),
+            });
+        }
+        i += 1;
+    }
+    None
+}
+
+async fn authenticate(
+    group: &[Arc<dyn Plugin>],
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Option<Stop> {
+    let mut missing: Option<Stop> = None;
+    let mut invalid: Option<Stop> = None;
+    for plugin in group {
+        let stop = |answer| Stop {
+            answer,
+            plugin: plugin.name(),
+            phase: Phase::Authentication,
+        };
+        match plugin.authenticate(session, ctx).await {
+            Auth::Authenticated(identity) => {
+                ctx.identity = Some(identity);
+                return None;
+            }
+            Auth::Missing(a) => {
+                missing.get_or_insert_with(|| stop(a));
+            }
+            Auth::Invalid(a) => {
+                invalid.get_or_insert_with(|| stop(a));
+            }
+        }
+    }
+    // Wrong credentials are always refused; only a caller who presented none is anonymous.
+    if invalid.is_none() {
+        if let Some(anon) = group.iter().find_map(|p| p.anonymous()) {
+            ctx.identity = Some(Identity {
+                consumer: anon.clone(),
+                credential: None,
+                anonymous: true,
+            });
+            return None;
+        }
+    }
+    invalid.or(missing)
+}

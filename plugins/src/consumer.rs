@@ -1,0 +1,328 @@
+//! Consumers: the callers a gateway knows, with their groups and credentials.
+//!
+//! `[[consumers]]` is compiled once per config into [`Consumers`]: API keys into a map keyed by
+//! their SHA-256 digest, basic-auth users by name, JWT keys by key id or issuer. Auth plugins
+//! get an `Arc<Consumers>` when they are built and only look things up per request.
+
+use crate::{jwt, parse_config, ConfigError};
+use http::HeaderValue;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// A caller known to the gateway.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Unique name (`X-Consumer-Username`).
+    pub username: String,
+    /// Stable id (`X-Consumer-Id`); the username unless set.
+    pub id: String,
+    /// Optional id from another system (`X-Consumer-Custom-Id`).
+    pub custom_id: Option<String>,
+    /// Groups, for `acl`.
+    pub groups: Vec<String>,
+    /// Header values, built once.
+    pub headers: IdentityHeaders,
+}
+
+/// Precomputed identity header values of a consumer.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// `X-Consumer-Id`.
+    pub id: HeaderValue,
+    /// `X-Consumer-Username`.
+    pub username: HeaderValue,
+    /// `X-Consumer-Custom-Id`, when set.
+    pub custom_id: Option<HeaderValue>,
+    /// `X-Consumer-Groups` (comma separated), when the consumer has groups.
+    pub groups: Option<HeaderValue>,
+}
+
+/// Who a request was authenticated as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The consumer.
+    pub consumer: Arc<Consumer>,
+    /// Identifies the credential used (`X-Credential-Identifier`); never the secret itself.
+    pub credential: Option<HeaderValue>,
+    /// True when no credential was presented and the route's `anonymous` consumer was used.
+    pub anonymous: bool,
+}
+
+/// A stored API key.
+struct KeyEntry {
+    digest: [u8; 32],
+    consumer: Arc<Consumer>,
+    credential: HeaderValue,
+}
+
+/// A basic-auth user.
+pub struct BasicEntry {
+    /// The consumer it authenticates as.
+    pub consumer: Arc<Consumer>,
+    /// PHC (`$argon2id$...`) or bcrypt (`$2b$...`) hash.
+    pub password_hash: String,
+    /// `X-Credential-Identifier` value (the basic-auth username).
+    pub credential: HeaderValue,
+}
+
+/// All consumers of a config, indexed for each auth scheme.
+#[derive(Default)]
+pub struct Consumers {
+    by_name: HashMap<String, Arc<Consumer>>,
+    keys: HashMap<[u8; 32], KeyEntry>,
+    basic: HashMap<String, BasicEntry>,
+    jwt: HashMap<String, jwt::JwtKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumerSection {
+    username: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    custom_id: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    keys: Vec<KeySpec>,
+    #[serde(default)]
+    basic_auth: Option<BasicSpec>,
+    #[serde(default)]
+    jwt: Vec<jwt::JwtKeySpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeySpec {
+    Key(String),
+    WithId { id: String, key: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicSpec {
+    #[serde(default)]
+    username: Option<String>,
+    password_hash: String,
+}
+
+fn header_value(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| {
+        errors.push(ConfigError::new(
+            path,
+            "must be printable text (it is sent as a header)",
+        ));
+        HeaderValue::from_static("")
+    })
+}
+
+/// SHA-256 of a presented or stored API key.
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl Consumers {
+    /// Compile the `[[consumers]]` array; error paths are absolute (`consumers[i]...`).
+    pub fn build(value: Option<&toml::Value>) -> Result<Self, Vec<ConfigError>> {
+        let mut out = Consumers::default();
+        let mut errors = Vec::new();
+        let Some(value) = value else {
+            return Ok(out);
+        };
+        let Some(items) = value.as_array() else {
+            return Err(vec![ConfigError::new(
+                "consumers",
+                "expected an array: [[consumers]]",
+            )]);
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("consumers[{i}]");
+            let sec: ConsumerSection = match parse_config(item) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(e.under(&at));
+                    continue;
+                }
+            };
+            if sec.username.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{at}.username"),
+                    "must not be empty",
+                ));
+            }
+            if out.by_name.contains_key(&sec.username) {
+                errors.push(ConfigError::new(
+                    format!("{at}.username"),
+                    format!("duplicate consumer {:?}", sec.username),
+                ));
+                continue;
+            }
+            let id = sec.id.clone().unwrap_or_else(|| sec.username.clone());
+            let headers = IdentityHeaders {
+                id: header_value(&id, &format!("{at}.id"), &mut errors),
+                username: header_value(&sec.username, &format!("{at}.username"), &mut errors),
+                custom_id: sec
+                    .custom_id
+                    .as_deref()
+                    .map(|c| header_value(c, &format!("{at}.custom_id"), &mut errors)),
+                groups: (!sec.groups.is_empty()).then(|| {
+                    header_value(&sec.groups.join(", "), &format!("{at}.groups"), &mut errors)
+                }),
+            };
+            for (g, name) in sec.groups.iter().enumerate() {
+                if name.is_empty() || name.contains(',') {
+                    errors.push(ConfigError::new(
+                        format!("{at}.groups[{g}]"),
+                        "group names are non-empty and have no commas",
+                    ));
+                }
+            }
+            let consumer = Arc::new(Consumer {
+                username: sec.username.clone(),
+                id,
+                custom_id: sec.custom_id.clone(),
+                groups: sec.groups.clone(),
+                headers,
+            });
+            for (k, spec) in sec.keys.iter().enumerate() {
+                let kat = format!("{at}.keys[{k}]");
+                let (cred_id, key) = match spec {
+                    KeySpec::Key(key) => (format!("{}-key-{k}", sec.username), key),
+                    KeySpec::WithId { id, key } => (id.clone(), key),
+                };
+                if key.len() < 8 {
+                    errors.push(ConfigError::new(
+                        &kat,
+                        "API keys must be at least 8 characters",
+                    ));
+                    continue;
+                }
+                let digest = key_digest(key.as_bytes());
+                if out.keys.contains_key(&digest) {
+                    // Never print the key: it is a secret.
+                    errors.push(ConfigError::new(
+                        &kat,
+                        "this API key is already used by another credential",
+                    ));
+                    continue;
+                }
+                let credential = header_value(&cred_id, &kat, &mut errors);
+                out.keys.insert(
+                    digest,
+                    KeyEntry {
+                        digest,
+                        consumer: consumer.clone(),
+                        credential,
+                    },
+                );
+            }
+            if let Some(b) = &sec.basic_auth {
+                let bat = format!("{at}.basic_auth");
+                let user = b.username.clone().unwrap_or_else(|| sec.username.clone());
+                if !crate::basic_auth::is_supported_hash(&b.password_hash) {
+                    errors.push(ConfigError::new(
+                        format!("{bat}.password_hash"),
+                        "expected an argon2 PHC string ($argon2id$...) or a bcrypt hash ($2b$...); make one with `tollgate hash-password`",
+                    ));
+                } else {
+                    let credential = header_value(&user, &format!("{bat}.username"), &mut errors);
+                    match out.basic.entry(user) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            errors.push(ConfigError::new(
+                                format!("{bat}.username"),
+                                format!("basic-auth user {:?} is defined twice", e.key()),
+                            ))
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(BasicEntry {
+                                consumer: consumer.clone(),
+                                password_hash: b.password_hash.clone(),
+                                credential,
+                            });
+                        }
+                    }
+                }
+            }
+            for (j, spec) in sec.jwt.iter().enumerate() {
+                let jat = format!("{at}.jwt[{j}]");
+                match jwt::JwtKey::build(spec, consumer.clone()) {
+                    Ok(key) => {
+                        if out.jwt.contains_key(&spec.key) {
+                            errors.push(ConfigError::new(
+                                format!("{jat}.key"),
+                                format!("JWT key {:?} is defined twice", spec.key),
+                            ));
+                        } else {
+                            out.jwt.insert(spec.key.clone(), key);
+                        }
+                    }
+                    Err(errs) => errors.extend(errs.into_iter().map(|e| e.under(&jat))),
+                }
+            }
+            out.by_name.insert(sec.username.clone(), consumer);
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// A consumer by username.
+    pub fn get(&self, username: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(username)
+    }
+
+    /// Find a consumer by username or custom id.
+    pub fn find(&self, name_or_custom_id: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name_or_custom_id).or_else(|| {
+            self.by_name
+                .values()
+                .find(|c| c.custom_id.as_deref() == Some(name_or_custom_id))
+        })
+    }
+
+    /// The identity of an API key, comparing digests in constant time.
+    pub fn by_key(&self, presented: &[u8]) -> Option<Identity> {
+        let digest = key_digest(presented);
+        let entry = self.keys.get(&digest)?;
+        // The map lookup compares digests of the key, never the key; the final check is
+        // constant-time anyway.
+        if entry.digest.ct_eq(&digest).into() {
+            Some(Identity {
+                consumer: entry.consumer.clone(),
+                credential: Some(entry.credential.clone()),
+                anonymous: false,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// A basic-auth user by name.
+    pub fn basic(&self, username: &str) -> Option<&BasicEntry> {
+        self.basic.get(username)
+    }
+
+    /// A JWT key by key id or issuer.
+    pub fn jwt_key(&self, key: &str) -> Option<&jwt::JwtKey> {
+        self.jwt.get(key)
+    }
+
+    /// Resolve an `anonymous = "<consumer>"` setting of an auth plugin.
+    pub fn anonymous(&self, name: Option<&str>) -> Result<Option<Arc<Consumer>>, ConfigError> {
+        match name {
+            None => Ok(None),
+            Some(n) => self.get(n).cloned().map(Some).ok_or_else(|| {
+                ConfigError::new(
+                    "anonymous",
+                    format!("no consumer named {n:?} (define it in [[consumers]])"),
+                )
+            }),
+        }
+    }
+}
