@@ -14,8 +14,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +30,51 @@ pub fn init_logging(level: &str) {
     let _ = b.try_init();
 }
 
+/// Set once the reload task listens for SIGHUP; readiness waits for it, because a SIGHUP
+/// before that would end the process (the default action).
+static RELOAD_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum RunError {
+    /// The config file has errors.
+    Config(config::ConfigErrors),
+    /// A listen address cannot be bound.
+    Bind(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Config(e) => write!(f, "{e}"),
+            RunError::Bind(e) => writeln!(f, "{e}"),
+        }
+    }
+}
+
+/// Fail fast when a listen address is taken (Pingora itself would retry forever, which is
+/// right for an upgrade and wrong for a fresh start).
+fn check_bindable(addrs: &[&str]) -> Result<(), RunError> {
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(RunError::Bind(format!("cannot listen on {addr}: {e}")));
+        }
+    }
+    Ok(())
+}
+
 /// Load `path` and serve it until a shutdown signal. `upgrade` takes the listening sockets
 /// over from a running tollgate (Pingora's graceful upgrade).
-pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
+pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     let cache = Arc::new(UpstreamCache::default());
-    let snap = config::load_file(path, &cache)?;
+    let snap = config::load_file(path, &cache).map_err(RunError::Config)?;
+    if !upgrade {
+        let mut addrs: Vec<&str> = snap.server.listen.iter().map(String::as_str).collect();
+        if !snap.server.admin_listen.is_empty() {
+            addrs.push(&snap.server.admin_listen);
+        }
+        check_bindable(&addrs)?;
+    }
     cache.retain(&snap.upstreams);
     let server_cfg = snap.server.clone();
     init_logging(&server_cfg.log_level);
@@ -113,7 +154,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), config::ConfigErrors> {
     server.run_forever()
 }
 
-/// Marks the process ready once the first proxy listener accepts a connection.
+/// Marks the process ready once the first proxy listener accepts a connection and reloads
+/// are armed.
 struct ReadyProbe {
     listen: Vec<String>,
 }
@@ -129,7 +171,9 @@ impl BackgroundService for ReadyProbe {
             .replacen("0.0.0.0:", "127.0.0.1:", 1)
             .replacen("[::]:", "[::1]:", 1);
         loop {
-            if tokio::net::TcpStream::connect(&target).await.is_ok() {
+            if RELOAD_ARMED.load(Ordering::Acquire)
+                && tokio::net::TcpStream::connect(&target).await.is_ok()
+            {
                 READY.store(true, Ordering::Relaxed);
                 log::info!("ready: proxy listening on {addr}");
                 return;
@@ -203,6 +247,7 @@ impl BackgroundService for Reloader {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = watch_file(&self.path, tx);
+        RELOAD_ARMED.store(true, Ordering::Release);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
