@@ -474,6 +474,18 @@ fn bearer_error(status: StatusCode, code: &'static str, description: &str) -> An
     }
 }
 
+/// The `alg` of a token whose header parses as JSON (used to tell `none` and unknown
+/// algorithms apart from garbage).
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let first = token.split('.').next()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v.get("alg")?.as_str().map(str::to_string)
+}
+
 fn invalid(code: &'static str, description: &str) -> Auth {
     Auth::Invalid(bearer_error(StatusCode::UNAUTHORIZED, code, description))
 }
@@ -562,13 +574,18 @@ impl Plugin for Jwt {
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(e) => {
-                return match e.kind() {
-                    ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => invalid(
+                let unsupported = matches!(
+                    e.kind(),
+                    ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm
+                ) || header_alg(token).is_some();
+                return if unsupported {
+                    invalid(
                         "unsupported_algorithm",
                         "the token's algorithm is not accepted",
-                    ),
-                    _ => invalid("malformed_token", "the token is malformed"),
-                }
+                    )
+                } else {
+                    invalid("malformed_token", "the token is malformed")
+                };
             }
         };
         // Find the key: by kid (consumer keys, then JWKS), else by the key claim.
@@ -709,5 +726,21 @@ impl Plugin for Jwt {
                 strip_query_param(req, q);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn alg_of_unparsable_headers() {
+        let h = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiYWxpY2UtaHMifQ";
+        let t = format!("{h}.e30.");
+        let e = jsonwebtoken::decode_header(&t).unwrap_err();
+        eprintln!("{:?}", e.kind());
+        assert_eq!(header_alg(&t).as_deref(), Some("none"));
+        assert_eq!(header_alg("garbage"), None);
     }
 }
