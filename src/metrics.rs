@@ -24,6 +24,8 @@ pub struct Metrics {
     pub gateway_errors: IntCounterVec,
     /// `tollgate_auth_failures_total{route,plugin,reason}`.
     pub auth_failures: IntCounterVec,
+    /// `tollgate_requests_rejected_total{route,plugin,status}`: error answers from plugins.
+    pub requests_rejected: IntCounterVec,
     /// `tollgate_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
 }
@@ -82,6 +84,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "plugin", "reason"],
     )?;
+    let requests_rejected = IntCounterVec::new(
+        Opts::new(
+            "tollgate_requests_rejected_total",
+            "Requests refused by a plugin, by route, plugin and status",
+        ),
+        &["route", "plugin", "status"],
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -94,6 +103,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(gateway_errors.clone()))?;
     registry.register(Box::new(access_log_dropped.clone()))?;
     registry.register(Box::new(auth_failures.clone()))?;
+    registry.register(Box::new(requests_rejected.clone()))?;
+    for c in tollgate_plugins::metrics::collectors() {
+        registry.register(c)?;
+    }
     // Both outcomes show from the start, so a dashboard can alert on failures going up.
     config_reloads.with_label_values(&["success"]);
     config_reloads.with_label_values(&["failure"]);
@@ -106,6 +119,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_reloads,
         gateway_errors,
         auth_failures,
+        requests_rejected,
         access_log_dropped,
     })
 }

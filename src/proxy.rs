@@ -53,6 +53,8 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     error: Option<&'static str>,
+    /// An answer a body hook made; sent by `fail_to_proxy`.
+    pending: Option<Answer>,
 }
 
 impl Ctx {
@@ -166,6 +168,7 @@ impl ProxyHttp for Gateway {
             upstream_start: None,
             upstream_elapsed: None,
             error: None,
+            pending: None,
         }
     }
 
@@ -178,10 +181,12 @@ impl ProxyHttp for Gateway {
         {
             ctx.req.request_id = id;
         }
-        ctx.req.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.req.peer_ip = peer;
+        ctx.req.client_ip = real_client_ip(peer, req, &ctx.snap.trusted_proxies);
 
         if has_dot_segment(req.uri.path()) {
             let e = gateway_error(
@@ -227,6 +232,11 @@ impl ProxyHttp for Gateway {
         if let Some(stop) = chain::run_request(&route.chain, session, &mut ctx.req).await {
             if let Some(code) = stop.answer.code {
                 ctx.error = Some(code);
+                let status = stop.answer.status;
+                METRICS
+                    .requests_rejected
+                    .with_label_values(&[&*route.name, stop.plugin, status.as_str()])
+                    .inc();
                 if matches!(stop.phase, Phase::Authentication | Phase::Authorization) {
                     METRICS
                         .auth_failures
@@ -332,7 +342,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(ip) = ctx.req.client_ip {
+        if let Some(ip) = ctx.req.peer_ip {
             let xff = match upstream_request
                 .headers
                 .get("x-forwarded-for")
@@ -351,6 +361,38 @@ impl ProxyHttp for Gateway {
         set_identity_headers(upstream_request, &ctx.req)?;
         for p in route.chain.iter() {
             p.upstream_request(upstream_request, &mut ctx.req);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some((r, _)) = ctx.matched else {
+            return Ok(());
+        };
+        let snap = ctx.snap.clone();
+        let route = &snap.routes[r];
+        if !route.body_hooks {
+            return Ok(());
+        }
+        for p in route.chain.iter().filter(|p| p.wants_request_body()) {
+            if let Some(answer) = p.request_body(body.as_ref(), end_of_stream, &mut ctx.req) {
+                let status = answer.status.as_u16();
+                METRICS
+                    .requests_rejected
+                    .with_label_values(&[&*route.name, p.name(), answer.status.as_str()])
+                    .inc();
+                ctx.pending = Some(answer);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "request body refused by a plugin",
+                );
+            }
         }
         Ok(())
     }
@@ -383,6 +425,17 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
+        if let Some(answer) = ctx.pending.take() {
+            let status = answer.status.as_u16();
+            ctx.error = answer.code;
+            if session.response_written().is_none() {
+                let _ = self.send_answer(session, ctx, answer).await;
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let (status, code, message): (u16, &'static str, &str) = match e.etype() {
             HTTPStatus(503) if ctx.error == Some("no_healthy_upstream") => (
                 503,
@@ -484,6 +537,37 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// The client's address: the socket peer unless it is a trusted proxy, in which case the
+/// last `X-Forwarded-For` entry that is not a trusted proxy (the leftmost if all are).
+fn real_client_ip(
+    peer: Option<IpAddr>,
+    req: &RequestHeader,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    use tollgate_plugins::ip_restriction::contains;
+    let peer = peer?;
+    if trusted.is_empty() || !contains(trusted, peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return Some(client);
+        };
+        for part in text.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                // A garbled entry: trust nothing further left.
+                return Some(client);
+            };
+            client = ip;
+            if !contains(trusted, ip) {
+                return Some(ip);
+            }
+        }
+    }
+    Some(client)
 }
 
 /// Identity headers the upstream may trust: whatever the client sent under these names is

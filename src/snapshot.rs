@@ -51,6 +51,8 @@ pub struct Route {
     pub duration: Histogram,
     /// Upstream duration histogram, resolved at compile time.
     pub upstream_duration: Option<Histogram>,
+    /// Some plugin of the chain looks at request body chunks.
+    pub body_hooks: bool,
 }
 
 /// A whole compiled config.
@@ -63,6 +65,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Every upstream pool (health checks and metrics walk these).
     pub upstreams: Vec<Arc<UpstreamPool>>,
+    /// `[server] trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -73,6 +77,7 @@ impl Snapshot {
             router: Router::default(),
             routes: Vec::new(),
             upstreams: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -61,8 +61,11 @@ impl fmt::Debug for RequestId {
 pub struct RequestCtx {
     /// Name of the matched route.
     pub route: Arc<str>,
-    /// The client's address as seen on the socket.
+    /// The client's address: the socket peer, or, when the peer is a trusted proxy
+    /// (`[server] trusted_proxies`), the last untrusted address in `X-Forwarded-For`.
     pub client_ip: Option<IpAddr>,
+    /// The socket peer's address.
+    pub peer_ip: Option<IpAddr>,
     /// The request id sent upstream and echoed to the client.
     pub request_id: RequestId,
     /// Who the request was authenticated as, once an authentication plugin succeeded.
@@ -77,6 +80,7 @@ impl RequestCtx {
         RequestCtx {
             route,
             client_ip,
+            peer_ip: client_ip,
             request_id,
             identity: None,
             extensions: http::Extensions::new(),

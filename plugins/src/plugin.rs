@@ -86,6 +86,23 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`Plugin::request_body`] must be called (lets the gateway skip body hooks).
+    fn wants_request_body(&self) -> bool {
+        false
+    }
+
+    /// A chunk of the request body on its way upstream (`None` once the body has ended
+    /// without more data). An answer aborts the request and is sent if nothing has been
+    /// sent to the client yet.
+    fn request_body(
+        &self,
+        _chunk: Option<&bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Option<Answer> {
+        None
+    }
+
     /// Change the request that is about to be sent upstream (headers, path).
     fn upstream_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) {}
 

@@ -1,7 +1,10 @@
 //! Maps a plugin name from the TOML config to the constructor that validates its config.
 
 use crate::consumer::Consumers;
-use crate::{acl, basic_auth, headers, jwt, key_auth, mock, ConfigError, Plugin};
+use crate::{
+    acl, basic_auth, concurrency, cors, headers, ip_restriction, jwt, key_auth, mock, rate_limit,
+    request_size, ConfigError, Plugin,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -9,12 +12,16 @@ use std::sync::Arc;
 pub struct BuildCtx {
     /// The config's consumers (for auth plugins).
     pub consumers: Arc<Consumers>,
+    /// Where the plugin is configured: `global` or `route:<name>`. Plugins with state that
+    /// must survive a reload (counters) key it by this.
+    pub scope: String,
 }
 
 impl Default for BuildCtx {
     fn default() -> Self {
         BuildCtx {
             consumers: Arc::new(Consumers::default()),
+            scope: "global".to_string(),
         }
     }
 }
@@ -40,6 +47,11 @@ impl Registry {
         r.register(basic_auth::NAME, basic_auth::build);
         r.register(jwt::NAME, jwt::build);
         r.register(acl::NAME, acl::build);
+        r.register(rate_limit::NAME, rate_limit::build);
+        r.register(concurrency::NAME, concurrency::build);
+        r.register(ip_restriction::NAME, ip_restriction::build);
+        r.register(request_size::NAME, request_size::build);
+        r.register(cors::NAME, cors::build);
         r
     }
 

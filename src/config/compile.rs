@@ -79,6 +79,7 @@ pub fn compile(
     };
     let build_ctx = BuildCtx {
         consumers: Arc::new(consumers),
+        scope: "global".to_string(),
     };
     let globals = build_globals(table.get("plugins"), registry, &build_ctx, &mut errors);
 
@@ -135,6 +136,11 @@ pub fn compile(
         return Err(errors);
     }
     Ok(Snapshot {
+        trusted_proxies: tollgate_plugins::ip_restriction::parse_nets(
+            &server.trusted_proxies,
+            "server.trusted_proxies",
+            &mut Vec::new(),
+        ),
         server,
         router,
         routes,
@@ -169,6 +175,11 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
             "expected one of off, error, warn, info, debug, trace",
         ));
     }
+    tollgate_plugins::ip_restriction::parse_nets(
+        &s.trusted_proxies,
+        "server.trusted_proxies",
+        errors,
+    );
     if s.access_log.enabled && s.access_log.path.is_empty() {
         errors.push(ConfigError::new(
             "server.access_log.path",
@@ -347,6 +358,11 @@ fn compile_route(
         (None, false) => PathRewrite::Keep,
     };
 
+    let route_ctx = BuildCtx {
+        consumers: ctx.consumers.clone(),
+        scope: format!("route:{}", r.name),
+    };
+    let ctx = &route_ctx;
     // Route entries override or disable globals of the same name.
     let mut overridden: BTreeMap<String, Option<Arc<dyn Plugin>>> = BTreeMap::new();
     let mut local: Vec<Configured> = Vec::new();
@@ -453,7 +469,6 @@ fn compile_route(
             .as_ref()
             .map(|u| METRICS.upstream_histogram(&u.name)),
         upstream,
-        chain: chain.into_boxed_slice(),
         rewrite,
         preserve_host: r.preserve_host,
         timeouts: Timeouts {
@@ -462,5 +477,7 @@ fn compile_route(
             write: ms(r.write_timeout_ms),
         },
         duration: METRICS.route_duration(&r.name),
+        body_hooks: chain.iter().any(|p| p.wants_request_body()),
+        chain: chain.into_boxed_slice(),
     })
 }

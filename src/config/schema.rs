@@ -34,6 +34,10 @@ pub struct ServerSection {
     /// Size of the process-wide pool of idle upstream connections kept for reuse.
     #[serde(default = "default_pool")]
     pub upstream_keepalive_pool_size: usize,
+    /// Peers (addresses or CIDR ranges) trusted to report the client address in
+    /// `X-Forwarded-For`; the client is the last address in it that is not trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// The access log.
     #[serde(default)]
     pub access_log: AccessLogSection,
@@ -77,6 +81,7 @@ impl Default for ServerSection {
             shutdown_grace_period_seconds: 0,
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upstream_keepalive_pool_size: default_pool(),
+            trusted_proxies: Vec::new(),
             access_log: AccessLogSection::default(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),

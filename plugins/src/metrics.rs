@@ -1,0 +1,45 @@
+//! Metrics owned by plugins. The gateway registers [`collectors`] in its registry, so they
+//! appear on its `/metrics` with everything else.
+
+use prometheus::core::Collector;
+use prometheus::{IntCounterVec, Opts};
+use std::sync::LazyLock;
+
+/// Plugin metrics.
+pub struct PluginMetrics {
+    /// `tollgate_ratelimit_decisions_total{route,result}`: `allowed`, `limited`, `error`.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `tollgate_ratelimit_store_errors_total{route,on_store_error}`: the shared store failed
+    /// or timed out, and what was done about it.
+    pub ratelimit_store_errors: IntCounterVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    match IntCounterVec::new(Opts::new(name, help), labels) {
+        Ok(c) => c,
+        // Names and labels are constants: this only fails if the code here is wrong.
+        Err(e) => panic!("invalid metric {name}: {e}"),
+    }
+}
+
+/// The plugins' metrics.
+pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| PluginMetrics {
+    ratelimit_decisions: counter(
+        "tollgate_ratelimit_decisions_total",
+        "Rate-limit decisions by route and result",
+        &["route", "result"],
+    ),
+    ratelimit_store_errors: counter(
+        "tollgate_ratelimit_store_errors_total",
+        "Shared rate-limit store failures by route and the configured fallback",
+        &["route", "on_store_error"],
+    ),
+});
+
+/// Every plugin metric, for the gateway's registry.
+pub fn collectors() -> Vec<Box<dyn Collector>> {
+    vec![
+        Box::new(METRICS.ratelimit_decisions.clone()),
+        Box::new(METRICS.ratelimit_store_errors.clone()),
+    ]
+}

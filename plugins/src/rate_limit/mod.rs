@@ -1,0 +1,406 @@
+//! `rate_limit`: count requests per key over one or more sliding windows, in process
+//! (`policy = "local"`) or in Redis shared by every instance (`policy = "redis"`).
+
+mod local;
+mod redis_store;
+
+use crate::limit_key::{LimitBySpec, LimitKey};
+use crate::metrics::METRICS;
+use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use async_trait::async_trait;
+use http::{HeaderValue, StatusCode};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use redis_store::RedisStore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Registered name.
+pub const NAME: &str = "rate_limit";
+
+/// One window: at most `max` requests per `ms` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Window length in milliseconds.
+    pub ms: u64,
+    /// Requests allowed per window.
+    pub max: u64,
+}
+
+/// The outcome of one check, with what the headers report (the tightest window).
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    /// The request may pass (and was counted).
+    pub allowed: bool,
+    /// Limit of the tightest window.
+    pub limit: u64,
+    /// Requests left in the tightest window after this one.
+    pub remaining: u64,
+    /// Milliseconds until the tightest window's current period ends.
+    pub reset_ms: u64,
+    /// Window length of the tightest window (for the IETF policy header).
+    pub window_ms: u64,
+    /// When refused: milliseconds until a request could pass again.
+    pub retry_after_ms: u64,
+}
+
+impl Decision {
+    fn allow_all(windows: &[Window]) -> Self {
+        let w = windows
+            .first()
+            .copied()
+            .unwrap_or(Window { ms: 1000, max: 0 });
+        Decision {
+            allowed: true,
+            limit: w.max,
+            remaining: w.max,
+            reset_ms: w.ms,
+            window_ms: w.ms,
+            retry_after_ms: 0,
+        }
+    }
+
+    /// Decide from each window's `(estimate, current, previous, ms into the window)`.
+    pub(crate) fn from_states(windows: &[Window], states: &[(f64, u64, u64, u64)]) -> Self {
+        let allowed = windows
+            .iter()
+            .zip(states)
+            .all(|(w, s)| s.0 + 1.0 <= w.max as f64 + 1e-9);
+        let mut best: Option<(u64, usize)> = None;
+        let mut retry = 0u64;
+        for (i, (w, &(est, current, previous, into))) in windows.iter().zip(states).enumerate() {
+            let used = est + if allowed { 1.0 } else { 0.0 };
+            let remaining = (w.max as f64 - used).floor().max(0.0) as u64;
+            if best.is_none_or(|(r, _)| remaining < r) {
+                best = Some((remaining, i));
+            }
+            if est + 1.0 > w.max as f64 + 1e-9 {
+                retry = retry.max(wait_ms(w, current, previous, into));
+            }
+        }
+        let (remaining, i) = best.unwrap_or((0, 0));
+        let w = windows
+            .get(i)
+            .copied()
+            .unwrap_or(Window { ms: 1000, max: 0 });
+        let into = states.get(i).map_or(0, |s| s.3);
+        Decision {
+            allowed,
+            limit: w.max,
+            remaining,
+            reset_ms: w.ms - into,
+            window_ms: w.ms,
+            retry_after_ms: if allowed { 0 } else { retry.max(1) },
+        }
+    }
+}
+
+/// How long until `previous × unelapsed share + current + 1 ≤ max`.
+fn wait_ms(w: &Window, current: u64, previous: u64, into: u64) -> u64 {
+    let ms = w.ms as f64;
+    if current + 1 > w.max {
+        // Not before this window ends; then the current count becomes the previous one.
+        let rest = w.ms - into;
+        if current == 0 {
+            return rest;
+        }
+        let r = (ms - (w.max.saturating_sub(1)) as f64 * ms / current as f64).max(0.0);
+        rest + r.ceil() as u64
+    } else if previous == 0 {
+        1
+    } else {
+        let r = ms - (w.max - 1 - current) as f64 * ms / previous as f64;
+        (r.ceil() as u64).saturating_sub(into).max(1)
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "snake_case")]
+enum Policy {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "snake_case")]
+enum OnStoreError {
+    /// Let the request through.
+    Open,
+    /// Refuse it (503).
+    Closed,
+    /// Count it in the process instead.
+    #[default]
+    Local,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "snake_case")]
+enum HeaderMode {
+    #[default]
+    XRatelimit,
+    Ietf,
+    None,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RedisConfig {
+    url: String,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+}
+
+fn default_timeout() -> u64 {
+    50
+}
+fn default_prefix() -> String {
+    "tollgate:rl".to_string()
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RateLimitConfig {
+    #[serde(default)]
+    limit_by: LimitBySpec,
+    #[serde(default)]
+    second: Option<u64>,
+    #[serde(default)]
+    minute: Option<u64>,
+    #[serde(default)]
+    hour: Option<u64>,
+    #[serde(default)]
+    day: Option<u64>,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    redis: Option<RedisConfig>,
+    #[serde(default)]
+    on_store_error: OnStoreError,
+    #[serde(default)]
+    headers: HeaderMode,
+}
+
+/// The compiled `rate_limit` plugin.
+pub struct RateLimit {
+    key: LimitKey,
+    windows: Vec<Window>,
+    scope: u64,
+    redis: Option<(Arc<RedisStore>, String)>,
+    on_store_error: OnStoreError,
+    on_store_error_label: &'static str,
+    headers: HeaderMode,
+}
+
+/// Constructor for the registry.
+pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
+    let cfg: RateLimitConfig = parse_config(value).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let key = LimitKey::compile(&cfg.limit_by, "limit_by").map_err(|e| vec![e])?;
+    let mut windows = Vec::new();
+    for (name, ms, v) in [
+        ("second", 1_000, cfg.second),
+        ("minute", 60_000, cfg.minute),
+        ("hour", 3_600_000, cfg.hour),
+        ("day", 86_400_000, cfg.day),
+    ] {
+        match v {
+            Some(0) => errors.push(ConfigError::new(
+                name,
+                "must be at least 1 (remove it for no limit)",
+            )),
+            Some(max) => windows.push(Window { ms, max }),
+            None => {}
+        }
+    }
+    if windows.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::new(
+            "",
+            "set at least one of second, minute, hour, day",
+        ));
+    }
+    // Counter identity: where the plugin is configured and what it counts. The same
+    // definition after a reload (or on another instance) finds the same counters.
+    let mut h = Sha256::new();
+    h.update(ctx.scope.as_bytes());
+    h.update([0]);
+    h.update(key.spec.as_bytes());
+    for w in &windows {
+        h.update(w.ms.to_le_bytes());
+        h.update(w.max.to_le_bytes());
+    }
+    let digest = h.finalize();
+    let scope = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+    let redis = match (cfg.policy, &cfg.redis) {
+        (Policy::Redis, None) => {
+            errors.push(ConfigError::new(
+                "redis",
+                "policy = \"redis\" needs a [redis] table with `url`",
+            ));
+            None
+        }
+        (Policy::Redis, Some(r)) => {
+            if r.timeout_ms == 0 {
+                errors.push(ConfigError::new("redis.timeout_ms", "must be at least 1"));
+            }
+            match RedisStore::get(&r.url, Duration::from_millis(r.timeout_ms.max(1))) {
+                Ok(s) => Some((s, format!("{}:{:016x}:", r.prefix, scope))),
+                Err(e) => {
+                    errors.push(ConfigError::new("redis.url", e));
+                    None
+                }
+            }
+        }
+        (Policy::Local, Some(_)) => {
+            errors.push(ConfigError::new(
+                "redis",
+                "only used with policy = \"redis\"",
+            ));
+            None
+        }
+        (Policy::Local, None) => None,
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Arc::new(RateLimit {
+        key,
+        windows,
+        scope,
+        redis,
+        on_store_error: cfg.on_store_error,
+        on_store_error_label: match cfg.on_store_error {
+            OnStoreError::Open => "open",
+            OnStoreError::Closed => "closed",
+            OnStoreError::Local => "local",
+        },
+        headers: cfg.headers,
+    }))
+}
+
+/// The decision, kept for the response hook.
+#[derive(Clone, Copy)]
+struct Decided(Decision);
+
+fn secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Limits
+    }
+
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let key = self.key.extract(session.req_header(), ctx);
+        let decision = match &self.redis {
+            None => local::STORE.hit(self.scope, &key, &self.windows, now_ms()),
+            Some((store, prefix)) => {
+                match store.hit(&format!("{prefix}{key}"), &self.windows).await {
+                    Ok(d) => d,
+                    Err(_) => {
+                        METRICS
+                            .ratelimit_store_errors
+                            .with_label_values(&[&*ctx.route, self.on_store_error_label])
+                            .inc();
+                        match self.on_store_error {
+                            OnStoreError::Open => {
+                                METRICS
+                                    .ratelimit_decisions
+                                    .with_label_values(&[&*ctx.route, "error"])
+                                    .inc();
+                                return Flow::Continue;
+                            }
+                            OnStoreError::Closed => {
+                                METRICS
+                                    .ratelimit_decisions
+                                    .with_label_values(&[&*ctx.route, "error"])
+                                    .inc();
+                                return Flow::Respond(
+                                    Answer::error(
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "rate_limit_unavailable",
+                                        "the rate-limit store is unavailable",
+                                    )
+                                    .with_header(
+                                        http::header::RETRY_AFTER,
+                                        HeaderValue::from_static("1"),
+                                    ),
+                                );
+                            }
+                            OnStoreError::Local => {
+                                local::STORE.hit(self.scope, &key, &self.windows, now_ms())
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        METRICS
+            .ratelimit_decisions
+            .with_label_values(&[
+                &*ctx.route,
+                if decision.allowed {
+                    "allowed"
+                } else {
+                    "limited"
+                },
+            ])
+            .inc();
+        ctx.extensions.insert(Decided(decision));
+        if decision.allowed {
+            Flow::Continue
+        } else {
+            Flow::Respond(
+                Answer::error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "API rate limit exceeded",
+                )
+                .with_header(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(secs(decision.retry_after_ms)),
+                ),
+            )
+        }
+    }
+
+    fn response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        let Some(Decided(d)) = ctx.extensions.get::<Decided>().copied() else {
+            return;
+        };
+        match self.headers {
+            HeaderMode::None => {}
+            HeaderMode::XRatelimit => {
+                let _ = resp.insert_header("x-ratelimit-limit", d.limit);
+                let _ = resp.insert_header("x-ratelimit-remaining", d.remaining);
+                let _ = resp.insert_header("x-ratelimit-reset", secs(d.reset_ms));
+            }
+            HeaderMode::Ietf => {
+                let _ = resp.insert_header(
+                    "ratelimit-policy",
+                    format!("\"default\";q={};w={}", d.limit, d.window_ms / 1000),
+                );
+                let _ = resp.insert_header(
+                    "ratelimit",
+                    format!("\"default\";r={};t={}", d.remaining, secs(d.reset_ms)),
+                );
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,209 @@
+//! Rate-limit counters in Redis, shared by every tollgate instance using the same server.
+//!
+//! One decision is one round trip: an atomic Lua script that reads the windows' counts,
+//! decides, and increments only when the request passes (the same sliding-window rule as
+//! the local store, on Redis's own clock so instances with skewed clocks agree). Keys expire
+//! two windows after their last use. Connections are multiplexed over a managed connection
+//! that reconnects by itself; every call is bounded by `timeout_ms`.
+//!
+//! The script builds its keys from one base key, so it needs a single Redis server (or a
+//! proxy that routes by the base key), not Redis Cluster.
+
+use super::{Decision, Window};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #ARGV / 2
+local allowed = 1
+local retry = 0
+local states = {}
+for i = 1, n do
+  local max = tonumber(ARGV[2 * i - 1])
+  local ms = tonumber(ARGV[2 * i])
+  local index = math.floor(now / ms)
+  local ck = KEYS[1] .. ':' .. ms .. ':' .. index
+  local pk = KEYS[1] .. ':' .. ms .. ':' .. (index - 1)
+  local cur = tonumber(redis.call('GET', ck) or '0')
+  local prev = tonumber(redis.call('GET', pk) or '0')
+  local into = now % ms
+  states[i] = {ck, ms, cur, prev, into}
+end
+local out = {}
+for i = 1, n do
+  local s = states[i]
+  out[#out + 1] = s[3]
+  out[#out + 1] = s[4]
+  out[#out + 1] = s[5]
+end
+-- Count only when every window has room; the client derives the headers from the counts.
+for i = 1, n do
+  local s = states[i]
+  local max = tonumber(ARGV[2 * i - 1])
+  local est = s[4] * (s[2] - s[5]) / s[2] + s[3]
+  if est + 1 > max + 1e-9 then allowed = 0 end
+end
+if allowed == 1 then
+  for i = 1, n do
+    local s = states[i]
+    redis.call('INCR', s[1])
+    redis.call('PEXPIRE', s[1], s[2] * 2)
+  end
+end
+table.insert(out, 1, allowed)
+return out
+"#;
+
+/// A Redis server used for rate limits, shared by all plugin instances with the same URL.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    script: redis::Script,
+    timeout: Duration,
+    /// Milliseconds since `epoch` of the last failed connect; connects are not retried more
+    /// often than once a second, so a dead Redis costs requests nothing but the fallback.
+    last_connect_failure_ms: AtomicU64,
+    /// Milliseconds since `epoch` of the last warning logged, so a Redis outage logs once a
+    /// second, not once a request.
+    last_warning_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// Stores by `(url, timeout in ms)`.
+type Stores = HashMap<(String, u64), Arc<RedisStore>>;
+
+static STORES: LazyLock<Mutex<Stores>> = LazyLock::new(Default::default);
+
+/// Why a decision could not be made.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Not connected (and not retrying yet).
+    Unavailable,
+    /// The call took longer than the timeout.
+    Timeout,
+    /// Redis answered with an error, or the connection broke.
+    Redis(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable => f.write_str("not connected"),
+            StoreError::Timeout => f.write_str("timed out"),
+            StoreError::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl RedisStore {
+    /// The store for `url` (created on first use; the connection opens on the first request).
+    pub fn get(url: &str, timeout: Duration) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let key = (url.to_string(), timeout.as_millis() as u64);
+        let mut stores = STORES
+            .lock()
+            .map_err(|_| "internal lock poisoned".to_string())?;
+        Ok(stores
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(RedisStore {
+                    client,
+                    conn: OnceCell::new(),
+                    script: redis::Script::new(SCRIPT),
+                    timeout,
+                    last_connect_failure_ms: AtomicU64::new(0),
+                    last_warning_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                })
+            })
+            .clone())
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_connect_failure_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return Err(StoreError::Unavailable);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let client = self.client.clone();
+        let result = self
+            .conn
+            .get_or_try_init(|| async move {
+                tokio::time::timeout(
+                    self.timeout,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| StoreError::Timeout)?
+                .map_err(|e| StoreError::Redis(e.to_string()))
+            })
+            .await;
+        match result {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => {
+                self.last_connect_failure_ms.store(now, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Check and count one request of `key` (already prefixed and scoped).
+    pub async fn hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
+        let result = self.try_hit(key, windows).await;
+        if let Err(e) = &result {
+            let now = self.epoch.elapsed().as_millis() as u64 + 1;
+            let last = self.last_warning_ms.load(Ordering::Relaxed);
+            if last == 0 || now.saturating_sub(last) >= 1000 {
+                self.last_warning_ms.store(now, Ordering::Relaxed);
+                log::warn!(
+                    "rate-limit store {}: {e}",
+                    self.client.get_connection_info().addr()
+                );
+            }
+        }
+        result
+    }
+
+    async fn try_hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.script.key(key);
+        for w in windows {
+            inv.arg(w.max).arg(w.ms);
+        }
+        let reply: Vec<u64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        if reply.len() != 1 + 3 * windows.len() {
+            return Err(StoreError::Redis("unexpected script reply".to_string()));
+        }
+        let states: Vec<(f64, u64, u64, u64)> = windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let (current, previous, into) =
+                    (reply[1 + 3 * i], reply[2 + 3 * i], reply[3 + 3 * i]);
+                let est = previous as f64 * (w.ms - into) as f64 / w.ms as f64 + current as f64;
+                (est, current, previous, into)
+            })
+            .collect();
+        let mut d = Decision::from_states(windows, &states);
+        // Redis had the last word on whether the request was counted.
+        d.allowed = reply[0] == 1;
+        Ok(d)
+    }
+}
