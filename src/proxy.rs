@@ -264,6 +264,12 @@ impl ProxyHttp for Gateway {
             None => &[],
         };
         let Some(backend) = upstream.select(key, &ctx.tried) else {
+            if !ctx.tried.is_empty() {
+                // Every backend left was tried and refused: that is the upstream failing.
+                let mut e = Error::new_up(ErrorType::ConnectRefused);
+                e.set_retry(false);
+                return Err(e.more_context("every backend tried failed to connect"));
+            }
             ctx.error = Some("no_healthy_upstream");
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend left to try");
         };

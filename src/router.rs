@@ -189,13 +189,14 @@ pub struct Router {
 }
 
 impl Router {
-    /// Compile the routes' match rules; errors name each route's path in the TOML.
-    pub fn compile(routes: &[RouteSection]) -> Result<Self, Vec<ConfigError>> {
+    /// Compile the routes' match rules. `routes` pairs each route with its index in the file
+    /// (for error paths); an entry's `route` is the route's position in `routes`.
+    pub fn compile(routes: &[(usize, RouteSection)]) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut entries = Vec::new();
         let mut order = Vec::new();
-        for (ri, r) in routes.iter().enumerate() {
-            let at = |field: &str| format!("routes[{ri}].{field}");
+        for (ri, (file_index, r)) in routes.iter().enumerate() {
+            let at = |field: &str| format!("routes[{file_index}].{field}");
             let mut hosts = Vec::new();
             for (i, h) in r.hosts.iter().enumerate() {
                 let h = h.to_ascii_lowercase();
@@ -363,6 +364,10 @@ mod tests {
         toml::Value::Table(v).try_into().unwrap()
     }
 
+    fn indexed(routes: &[RouteSection]) -> Vec<(usize, RouteSection)> {
+        routes.iter().cloned().enumerate().collect()
+    }
+
     fn req(method: &str, host: &str, path: &str) -> RequestHeader {
         let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
         r.insert_header("host", host).unwrap();
@@ -387,7 +392,7 @@ mod tests {
             route("exacthost", "hosts = [\"a.example.com\"]\npaths = [\"/\"]"),
             route("prio", "paths = [\"/api/v1/pong\"]\npriority = 10"),
         ];
-        let router = Router::compile(&routes).unwrap();
+        let router = Router::compile(&indexed(&routes)).unwrap();
         let f = |m, h, p| found(&router, &routes, &req(m, h, p));
         assert_eq!(f("GET", "x", "/api/v1/ping").as_deref(), Some("exact"));
         assert_eq!(f("GET", "x", "/api/v1/pin").as_deref(), Some("longer"));
@@ -414,7 +419,7 @@ mod tests {
                 "paths = [\"/y\"]\nheaders = { x-canary = \"1\" }\nquery = { v = \"~^[0-9]+$\" }",
             ),
         ];
-        let router = Router::compile(&routes).unwrap();
+        let router = Router::compile(&indexed(&routes)).unwrap();
         match router.find("h", &req("POST", "h", "/x")) {
             Match::MethodNotAllowed(m) => assert_eq!(m, vec![Method::GET, Method::HEAD]),
             other => panic!("{other:?}"),
@@ -434,7 +439,7 @@ mod tests {
             "bad",
             "paths = [\"api\", \"~(\"]\nhosts = [\"a*b\"]\nmethods = [\"G T\"]",
         )];
-        let errs = Router::compile(&routes).unwrap_err();
+        let errs = Router::compile(&indexed(&routes)).unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,

@@ -300,7 +300,7 @@ upstream = "u"
 [[routes]]
 name = "regex_rw"
 paths = ['~^/users/(?P<id>[0-9]+)/posts/([0-9]+)$']
-rewrite = "/u/$${id}/p/$2"
+rewrite = "/u/${id}/p/$2"
 upstream = "u"
 
 [[routes]]

@@ -113,24 +113,13 @@ pub fn compile(
             routes.push(route);
         }
     }
-    // Router errors are reported against the config's own indexes, so only compile it once
-    // every route parsed (indexes then line up).
-    let router = if route_sections.len()
-        == table
-            .get("routes")
-            .and_then(|v| v.as_array())
-            .map_or(0, |a| a.len())
-    {
-        let sections: Vec<RouteSection> = route_sections.iter().map(|(_, r)| r.clone()).collect();
-        match Router::compile(&sections) {
-            Ok(r) => r,
-            Err(errs) => {
-                errors.extend(errs);
-                Router::default()
-            }
+    // Every route that parsed is checked, so its match-rule errors show with the others.
+    let router = match Router::compile(&route_sections) {
+        Ok(r) => r,
+        Err(errs) => {
+            errors.extend(errs);
+            Router::default()
         }
-    } else {
-        Router::default()
     };
     if !errors.is_empty() {
         return Err(errors);

@@ -17,6 +17,10 @@ pub fn expand(value: &mut toml::Value, path: &str, errors: &mut Vec<ConfigError>
         }
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
+                if k == "rewrite" {
+                    // `${name}` there is a regex capture, not an environment variable.
+                    continue;
+                }
                 let p = if path.is_empty() {
                     k.clone()
                 } else {
