@@ -24,10 +24,53 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// `POST /cache/purge?route=<name>[&path=<path>]`: drop a route's cached objects.
+fn purge(req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
+    let query = req.uri.query().unwrap_or("");
+    let param = |name: &str| {
+        query.split('&').find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v)
+        })
+    };
+    let bad = |msg: &str| {
+        respond(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            crate::proxy::error_body(StatusCode::BAD_REQUEST, "bad_request", msg).to_vec(),
+        )
+    };
+    if req.method != http::Method::POST {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "application/json",
+            crate::proxy::error_body(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            )
+            .to_vec(),
+        );
+    }
+    let Some(route) = param("route") else {
+        return bad("route=<name> is required");
+    };
+    let n = tollgate_plugins::cache::storage::STORAGE.purge_route(route, param("path"));
+    respond(
+        StatusCode::OK,
+        "application/json",
+        format!("{{\"purged\":{n}}}").into_bytes(),
+    )
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
+        let req = session.req_header();
+        if req.uri.path() == "/cache/purge" {
+            return purge(req);
+        }
+        match req.uri.path() {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -59,7 +102,7 @@ impl ServeHttp for AdminApp {
                 crate::proxy::error_body(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    "admin endpoints: /metrics, /healthz, /readyz",
+                    "admin endpoints: /metrics, /healthz, /readyz, POST /cache/purge",
                 )
                 .to_vec(),
             ),

@@ -28,6 +28,14 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     /// `tollgate_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_cache_requests_total{route,status}`.
+    pub cache_requests: IntCounterVec,
+    /// `tollgate_cache_bytes`: bytes stored in the response cache.
+    pub cache_bytes: prometheus::IntGauge,
+    /// `tollgate_cache_objects`: objects stored in the response cache.
+    pub cache_objects: prometheus::IntGauge,
+    /// `tollgate_cache_evictions_total`: objects evicted to stay within the budget.
+    pub cache_evictions: prometheus::IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -91,6 +99,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "plugin", "status"],
     )?;
+    let cache_requests = IntCounterVec::new(
+        Opts::new(
+            "tollgate_cache_requests_total",
+            "Requests on cached routes by cache status",
+        ),
+        &["route", "status"],
+    )?;
+    let cache_bytes =
+        prometheus::IntGauge::new("tollgate_cache_bytes", "Bytes stored in the response cache")?;
+    let cache_objects = prometheus::IntGauge::new(
+        "tollgate_cache_objects",
+        "Objects stored in the response cache",
+    )?;
+    let cache_evictions = IntCounter::new(
+        "tollgate_cache_evictions_total",
+        "Cache objects evicted to stay within cache_max_bytes",
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -104,6 +129,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(access_log_dropped.clone()))?;
     registry.register(Box::new(auth_failures.clone()))?;
     registry.register(Box::new(requests_rejected.clone()))?;
+    registry.register(Box::new(cache_requests.clone()))?;
+    registry.register(Box::new(cache_bytes.clone()))?;
+    registry.register(Box::new(cache_objects.clone()))?;
+    registry.register(Box::new(cache_evictions.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -121,6 +150,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         auth_failures,
         requests_rejected,
         access_log_dropped,
+        cache_requests,
+        cache_bytes,
+        cache_objects,
+        cache_evictions,
     })
 }
 
@@ -144,6 +177,15 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        // Storage figures are read when scraped, not kept up to date per request.
+        let storage = &*tollgate_plugins::cache::storage::STORAGE;
+        self.cache_bytes.set(storage.bytes() as i64);
+        self.cache_objects.set(storage.objects() as i64);
+        let evicted = storage.evictions();
+        let counted = self.cache_evictions.get();
+        if evicted > counted {
+            self.cache_evictions.inc_by(evicted - counted);
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("could not encode metrics: {e}");

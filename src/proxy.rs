@@ -10,6 +10,10 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::Backend;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -19,6 +23,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
+use tollgate_plugins::cache::storage::{EVICTION, LOCK, STORAGE};
+use tollgate_plugins::cache::{CachePolicy, RequestUse};
 use tollgate_plugins::{chain, Answer, Phase, RequestCtx, RequestId};
 
 /// Header carrying the request id upstream and back to the client.
@@ -55,11 +61,21 @@ pub struct Ctx {
     error: Option<&'static str>,
     /// An answer a body hook made; sent by `fail_to_proxy`.
     pending: Option<Answer>,
+    /// What the request does with the route's cache, when it has one.
+    cache_use: Option<RequestUse>,
+    /// The response was admitted to the cache.
+    cache_stored: bool,
+    /// SHA-256 of the request body, for routes whose cache key includes it.
+    body_hash: Option<[u8; 32]>,
 }
 
 impl Ctx {
     fn route(&self) -> Option<&Route> {
         self.matched.map(|(r, _)| &self.snap.routes[r])
+    }
+
+    fn cache_policy(&self) -> Option<Arc<CachePolicy>> {
+        self.route().and_then(|r| r.cache.clone())
     }
 }
 
@@ -169,6 +185,9 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             error: None,
             pending: None,
+            cache_use: None,
+            cache_stored: false,
+            body_hash: None,
         }
     }
 
@@ -246,6 +265,22 @@ impl ProxyHttp for Gateway {
             }
             self.send_answer(session, ctx, stop.answer).await?;
             return Ok(true);
+        }
+        if let Some(policy) = &route.cache {
+            let req = session.req_header();
+            if req.method.as_str() == "PURGE" {
+                let answer = purge(policy, req, &ctx.req);
+                if answer.code.is_some() {
+                    ctx.error = answer.code;
+                }
+                self.send_answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
+            let use_ = policy.request_use(req);
+            ctx.cache_use = Some(use_);
+            if use_ == RequestUse::CacheBody {
+                ctx.body_hash = Some(read_body_hash(session).await?);
+            }
         }
         Ok(false)
     }
@@ -371,6 +406,93 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if !matches!(
+            ctx.cache_use,
+            Some(RequestUse::Cache | RequestUse::CacheBody)
+        ) {
+            return Ok(());
+        }
+        let Some(policy) = ctx.cache_policy() else {
+            return Ok(());
+        };
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(policy.lock_timeout);
+        overrides.max_lock_retries = Some(2);
+        session.cache.enable(
+            &*STORAGE,
+            Some(&*EVICTION),
+            None,
+            Some(LOCK.as_ref()),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(policy.max_object_bytes);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        match ctx.cache_policy() {
+            Some(policy) => {
+                Ok(policy.cache_key(session.req_header(), &ctx.req, ctx.body_hash.as_ref()))
+            }
+            None => Error::e_explain(ErrorType::InternalError, "cache enabled without a policy"),
+        }
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let revalidate = ctx
+            .cache_policy()
+            .is_some_and(|p| p.request_wants_revalidation(session.req_header()));
+        Ok((revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = ctx.cache_policy() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION);
+        let decision = policy.response_cacheable(resp, authorization);
+        ctx.cache_stored = decision.is_cacheable();
+        Ok(decision)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<[u8; 16]> {
+        ctx.cache_policy().and_then(|p| p.variance(meta, req))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Called only inside the stored response's stale-while-revalidate (no error) or
+        // stale-if-error windows; both are the origin's explicit permission.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -421,10 +543,13 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(policy) = ctx.cache_policy() {
+            cache_status(session, upstream_response, ctx, &policy);
+        }
         self.finish_header(upstream_response, ctx);
         Ok(())
     }
@@ -543,6 +668,95 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// Read the whole (small, `Content-Length`-sized) request body and hash it. Retry buffering
+/// keeps the bytes, so Pingora still sends them upstream on a miss.
+async fn read_body_hash(session: &mut Session) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    session.as_mut().enable_retry_buffering();
+    let mut hasher = Sha256::new();
+    let mut total = 0usize;
+    while let Some(chunk) = session.read_request_body().await? {
+        total += chunk.len();
+        if total > tollgate_plugins::cache::MAX_KEY_BODY {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "body larger than its Content-Length",
+            );
+        }
+        hasher.update(&chunk);
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// `PURGE` on a cached route: drop every stored variant of the URL.
+fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Answer {
+    if !policy.purge_enabled() {
+        return Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "PURGE is not enabled on this route",
+        );
+    }
+    if !policy.purge_allowed(req, ctx) {
+        return Answer::error(
+            StatusCode::FORBIDDEN,
+            "purge_forbidden",
+            "not allowed to purge",
+        );
+    }
+    let n = STORAGE.purge_url(&policy.url_hash(req));
+    let status = if n > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Answer {
+        status,
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Bytes::from(format!("{{\"purged\":{n}}}")),
+        code: None,
+    }
+}
+
+/// `X-Cache-Status` (Kong/APISIX style) and RFC 9211 `Cache-Status` on responses of cached
+/// routes; counts the status; drops the stored URL after a successful unsafe request.
+fn cache_status(session: &Session, resp: &mut ResponseHeader, ctx: &Ctx, policy: &CachePolicy) {
+    let (x, rfc) = match (ctx.cache_use, session.cache.phase()) {
+        (Some(RequestUse::Invalidate), _) => {
+            if resp.status.is_success() || resp.status.is_redirection() {
+                STORAGE.purge_url(&policy.url_hash(session.req_header()));
+            }
+            ("BYPASS", "tollgate; fwd=method")
+        }
+        (_, CachePhase::Hit) => ("HIT", "tollgate; hit"),
+        (_, CachePhase::Stale) | (_, CachePhase::StaleUpdating) => {
+            ("STALE", "tollgate; hit; fwd=stale")
+        }
+        (_, CachePhase::Revalidated) | (_, CachePhase::RevalidatedNoCache(_)) => {
+            ("REVALIDATED", "tollgate; fwd=stale; fwd-status=304")
+        }
+        (_, CachePhase::Expired) if ctx.cache_stored => ("EXPIRED", "tollgate; fwd=stale; stored"),
+        (_, CachePhase::Expired) => ("EXPIRED", "tollgate; fwd=stale"),
+        (_, CachePhase::Miss) if ctx.cache_stored => ("MISS", "tollgate; fwd=uri-miss; stored"),
+        (_, CachePhase::Miss) => ("MISS", "tollgate; fwd=uri-miss"),
+        // Looked up, then the response turned out not to be storable (Kong calls it Bypass).
+        (Some(RequestUse::Cache), CachePhase::Disabled(NoCacheReason::OriginNotCache))
+        | (Some(RequestUse::Cache), CachePhase::Disabled(NoCacheReason::ResponseTooLarge)) => {
+            ("BYPASS", "tollgate; fwd=uri-miss")
+        }
+        _ => ("BYPASS", "tollgate; fwd=bypass"),
+    };
+    let _ = resp.insert_header("x-cache-status", x);
+    let _ = resp.insert_header("cache-status", rfc);
+    METRICS
+        .cache_requests
+        .with_label_values(&[policy.route(), &x.to_ascii_lowercase()])
+        .inc();
 }
 
 /// The client's address: the socket peer unless it is a trusted proxy, in which case the

@@ -90,6 +90,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
             }
         };
     METRICS.config_reloads.with_label_values(&["success"]);
+    apply_cache_budget(&server_cfg);
     let config = Arc::new(ArcSwap::from_pointee(snap));
 
     let conf = ServerConf {
@@ -152,6 +153,11 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         path.display()
     );
     server.run_forever()
+}
+
+/// The response cache's byte budget applies on start and on every reload.
+fn apply_cache_budget(server: &ServerSection) {
+    tollgate_plugins::cache::storage::EVICTION.set_weight_limit(server.cache_max_bytes);
 }
 
 /// Marks the process ready once the first proxy listener accepts a connection and reloads
@@ -217,6 +223,7 @@ impl Reloader {
                     }
                 }
                 self.cache.retain(&snap.upstreams);
+                apply_cache_budget(&snap.server);
                 let routes = snap.routes.len();
                 self.config.store(Arc::new(snap));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();

@@ -53,6 +53,8 @@ pub struct Route {
     pub upstream_duration: Option<Histogram>,
     /// Some plugin of the chain looks at request body chunks.
     pub body_hooks: bool,
+    /// The route's cache policy, when it has the `cache` plugin.
+    pub cache: Option<Arc<tollgate_plugins::cache::CachePolicy>>,
 }
 
 /// A whole compiled config.

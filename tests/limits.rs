@@ -24,7 +24,16 @@ impl Redis {
 
     fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -34,7 +43,10 @@ impl Redis {
             wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
             "redis-server did not start on {port}"
         );
-        Redis { child: Some(child), port }
+        Redis {
+            child: Some(child),
+            port,
+        }
     }
 
     fn url(&self) -> String {
@@ -56,7 +68,10 @@ impl Drop for Redis {
 }
 
 fn echo(up: &Upstream) -> String {
-    format!("[[upstreams]]\nname = \"echo\"\nbackends = [\"{}\"]\n", up.address())
+    format!(
+        "[[upstreams]]\nname = \"echo\"\nbackends = [\"{}\"]\n",
+        up.address()
+    )
 }
 
 fn route(name: &str, path: &str, plugins: &str) -> String {
@@ -64,18 +79,36 @@ fn route(name: &str, path: &str, plugins: &str) -> String {
 }
 
 /// Send `total` requests from `clients` threads at once; count the statuses.
-fn burst(addr: SocketAddr, path: &str, clients: usize, total: usize, headers: &[(&str, &str)]) -> (usize, usize, usize) {
+fn burst(
+    addr: SocketAddr,
+    path: &str,
+    clients: usize,
+    total: usize,
+    headers: &[(&str, &str)],
+) -> (usize, usize, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let limited = Arc::new(AtomicUsize::new(0));
     let other = Arc::new(AtomicUsize::new(0));
-    let headers: Vec<(String, String)> = headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (next, ok, limited, other, path, headers) =
-                (next.clone(), ok.clone(), limited.clone(), other.clone(), path.to_string(), headers.clone());
+            let (next, ok, limited, other, path, headers) = (
+                next.clone(),
+                ok.clone(),
+                limited.clone(),
+                other.clone(),
+                path.to_string(),
+                headers.clone(),
+            );
             thread::spawn(move || {
-                let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .collect();
                 while next.fetch_add(1, Ordering::SeqCst) < total {
                     match request(addr, "GET", &path, &h, b"").status {
                         200 => ok.fetch_add(1, Ordering::SeqCst),
@@ -89,18 +122,42 @@ fn burst(addr: SocketAddr, path: &str, clients: usize, total: usize, headers: &[
     for t in threads {
         t.join().unwrap();
     }
-    (ok.load(Ordering::SeqCst), limited.load(Ordering::SeqCst), other.load(Ordering::SeqCst))
+    (
+        ok.load(Ordering::SeqCst),
+        limited.load(Ordering::SeqCst),
+        other.load(Ordering::SeqCst),
+    )
 }
 
 #[test]
 fn local_limit_is_exact_under_concurrency() {
     let up = Upstream::start("u");
-    let gw = Gateway::start(&format!("{}{}", echo(&up), route("rl", "/rl", r#"{ name = "rate_limit", minute = 100 }"#)));
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        echo(&up),
+        route("rl", "/rl", r#"{ name = "rate_limit", minute = 100 }"#)
+    ));
     let (ok, limited, other) = burst(gw.addr, "/rl", 64, 300, &[]);
     assert_eq!((ok, limited, other), (100, 200, 0));
-    assert_eq!(up.count(), 100, "limited requests must not reach the upstream");
-    assert_eq!(gw.metric("tollgate_ratelimit_decisions_total", &[("route", "rl"), ("result", "allowed")]), Some(100.0));
-    assert_eq!(gw.metric("tollgate_ratelimit_decisions_total", &[("route", "rl"), ("result", "limited")]), Some(200.0));
+    assert_eq!(
+        up.count(),
+        100,
+        "limited requests must not reach the upstream"
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_ratelimit_decisions_total",
+            &[("route", "rl"), ("result", "allowed")]
+        ),
+        Some(100.0)
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_ratelimit_decisions_total",
+            &[("route", "rl"), ("result", "limited")]
+        ),
+        Some(200.0)
+    );
 }
 
 #[test]
@@ -110,7 +167,14 @@ fn redis_limit_is_exact_and_shared_by_two_gateways() {
     let body = format!(
         "{}{}",
         echo(&up),
-        route("rl", "/rl", &format!(r#"{{ name = "rate_limit", minute = 100, policy = "redis", redis = {{ url = "{}", timeout_ms = 500 }} }}"#, redis.url()))
+        route(
+            "rl",
+            "/rl",
+            &format!(
+                r#"{{ name = "rate_limit", minute = 100, policy = "redis", redis = {{ url = "{}", timeout_ms = 500 }} }}"#,
+                redis.url()
+            )
+        )
     );
     let a = Gateway::start(&body);
     let (ok, limited, other) = burst(a.addr, "/rl", 64, 300, &[]);
@@ -121,7 +185,14 @@ fn redis_limit_is_exact_and_shared_by_two_gateways() {
     let shared = format!(
         "{}{}",
         echo(&up),
-        route("shared", "/shared", &format!(r#"{{ name = "rate_limit", minute = 50, limit_by = "header:x-tenant", policy = "redis", redis = {{ url = "{}", timeout_ms = 500 }} }}"#, redis.url()))
+        route(
+            "shared",
+            "/shared",
+            &format!(
+                r#"{{ name = "rate_limit", minute = 50, limit_by = "header:x-tenant", policy = "redis", redis = {{ url = "{}", timeout_ms = 500 }} }}"#,
+                redis.url()
+            )
+        )
     );
     let b = Gateway::start(&shared);
     let c = Gateway::start(&shared);
@@ -129,7 +200,10 @@ fn redis_limit_is_exact_and_shared_by_two_gateways() {
     let (b_ok, b_lim, _) = {
         let (tx, rx) = std::sync::mpsc::channel();
         let (baddr, caddr) = (b.addr, c.addr);
-        let t = thread::spawn(move || tx.send(burst(caddr, "/shared", 32, 80, &[("x-tenant", "acme")])).unwrap());
+        let t = thread::spawn(move || {
+            tx.send(burst(caddr, "/shared", 32, 80, &[("x-tenant", "acme")]))
+                .unwrap()
+        });
         let first = burst(baddr, "/shared", 32, 80, &tenant);
         t.join().unwrap();
         let second = rx.recv().unwrap();
@@ -137,7 +211,11 @@ fn redis_limit_is_exact_and_shared_by_two_gateways() {
     };
     assert_eq!((b_ok, b_lim), (50, 110), "two gateways, one limit");
     // Another tenant has its own budget.
-    assert_eq!(b.request("GET", "/shared", &[("x-tenant", "other")], b"").status, 200);
+    assert_eq!(
+        b.request("GET", "/shared", &[("x-tenant", "other")], b"")
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -146,18 +224,33 @@ fn headers_on_pass_and_on_429_and_window_rollover() {
     let gw = Gateway::start(&format!(
         "{}{}{}",
         echo(&up),
-        route("rl", "/rl", r#"{ name = "rate_limit", second = 3, hour = 1000 }"#),
-        route("ietf", "/ietf", r#"{ name = "rate_limit", minute = 2, headers = "ietf" }"#),
+        route(
+            "rl",
+            "/rl",
+            r#"{ name = "rate_limit", second = 3, hour = 1000 }"#
+        ),
+        route(
+            "ietf",
+            "/ietf",
+            r#"{ name = "rate_limit", minute = 2, headers = "ietf" }"#
+        ),
     ));
     // Start early in a second so the three requests share one window.
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis();
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
     if ms > 600 {
         thread::sleep(Duration::from_millis(1010 - ms as u64));
     }
     for remaining in ["2", "1", "0"] {
         let r = gw.get("/rl");
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-ratelimit-limit"), Some("3"), "tightest window is the second");
+        assert_eq!(
+            r.header("x-ratelimit-limit"),
+            Some("3"),
+            "tightest window is the second"
+        );
         assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining));
         assert_eq!(r.header("x-ratelimit-reset"), Some("1"));
     }
@@ -177,18 +270,39 @@ fn headers_on_pass_and_on_429_and_window_rollover() {
 
     let r = gw.get("/ietf");
     assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=2;w=60"));
-    assert!(r.header("ratelimit").unwrap().starts_with("\"default\";r=1;t="), "{:?}", r.header("ratelimit"));
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"default\";r=1;t="),
+        "{:?}",
+        r.header("ratelimit")
+    );
     assert_eq!(r.header("x-ratelimit-limit"), None);
 }
 
 #[test]
 fn missing_key_values_share_one_bucket() {
     let up = Upstream::start("u");
-    let gw = Gateway::start(&format!("{}{}", echo(&up), route("rl", "/rl", r#"{ name = "rate_limit", minute = 2, limit_by = "header:x-user" }"#)));
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        echo(&up),
+        route(
+            "rl",
+            "/rl",
+            r#"{ name = "rate_limit", minute = 2, limit_by = "header:x-user" }"#
+        )
+    ));
     assert_eq!(gw.get("/rl").status, 200);
     assert_eq!(gw.get("/rl").status, 200);
-    assert_eq!(gw.get("/rl").status, 429, "requests without the header are limited together");
-    assert_eq!(gw.request("GET", "/rl", &[("x-user", "a")], b"").status, 200);
+    assert_eq!(
+        gw.get("/rl").status,
+        429,
+        "requests without the header are limited together"
+    );
+    assert_eq!(
+        gw.request("GET", "/rl", &[("x-user", "a")], b"").status,
+        200
+    );
 }
 
 #[test]
@@ -199,10 +313,19 @@ fn redis_down_follows_on_store_error() {
         route(
             mode,
             path,
-            &format!(r#"{{ name = "rate_limit", minute = 2, policy = "redis", redis = {{ url = "{}", timeout_ms = 100 }}, on_store_error = "{mode}" }}"#, redis.url()),
+            &format!(
+                r#"{{ name = "rate_limit", minute = 2, policy = "redis", redis = {{ url = "{}", timeout_ms = 100 }}, on_store_error = "{mode}" }}"#,
+                redis.url()
+            ),
         )
     };
-    let gw = Gateway::start(&format!("{}{}{}{}", echo(&up), rl("open", "/open"), rl("closed", "/closed"), rl("local", "/local")));
+    let gw = Gateway::start(&format!(
+        "{}{}{}{}",
+        echo(&up),
+        rl("open", "/open"),
+        rl("closed", "/closed"),
+        rl("local", "/local")
+    ));
     for p in ["/open", "/closed", "/local"] {
         assert_eq!(gw.get(p).status, 200, "{p} with Redis up");
     }
@@ -219,12 +342,23 @@ fn redis_down_follows_on_store_error() {
     // local: counted in process, from zero: two pass, then 429.
     let statuses: Vec<u16> = (0..4).map(|_| gw.get("/local").status).collect();
     assert_eq!(statuses, [200, 200, 429, 429]);
-    assert!(t.elapsed() < Duration::from_secs(5), "requests hung on a dead Redis: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "requests hung on a dead Redis: {:?}",
+        t.elapsed()
+    );
     for mode in ["open", "closed", "local"] {
-        let n = gw.metric("tollgate_ratelimit_store_errors_total", &[("route", mode), ("on_store_error", mode)]);
+        let n = gw.metric(
+            "tollgate_ratelimit_store_errors_total",
+            &[("route", mode), ("on_store_error", mode)],
+        );
         assert!(n.unwrap_or(0.0) >= 1.0, "{mode}: {n:?}");
     }
-    assert!(gw.stderr().contains("rate-limit store"), "no log line:\n{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("rate-limit store"),
+        "no log line:\n{}",
+        gw.stderr()
+    );
 
     // Redis back on the same port: shared counting resumes.
     let _redis = Redis::start_on(redis.port);
@@ -237,7 +371,11 @@ fn redis_down_follows_on_store_error() {
 #[test]
 fn reload_keeps_counters_of_unchanged_limits() {
     let up = Upstream::start("u");
-    let body = format!("{}{}", echo(&up), route("rl", "/rl", r#"{ name = "rate_limit", minute = 3 }"#));
+    let body = format!(
+        "{}{}",
+        echo(&up),
+        route("rl", "/rl", r#"{ name = "rate_limit", minute = 3 }"#)
+    );
     let gw = Gateway::start(&body);
     for _ in 0..3 {
         assert_eq!(gw.get("/rl").status, 200);
@@ -249,7 +387,11 @@ fn reload_keeps_counters_of_unchanged_limits() {
     assert!(wait_until(Duration::from_secs(5), || gw.get("/new").status == 200));
     assert_eq!(gw.get("/rl").status, 429, "the reload reset the counter");
     // A changed limit is a new counter.
-    gw.rewrite_config(&format!("{}{}", echo(&up), route("rl", "/rl", r#"{ name = "rate_limit", minute = 4 }"#)));
+    gw.rewrite_config(&format!(
+        "{}{}",
+        echo(&up),
+        route("rl", "/rl", r#"{ name = "rate_limit", minute = 4 }"#)
+    ));
     gw.reload();
     assert!(wait_until(Duration::from_secs(5), || gw.get("/new").status == 404));
     assert_eq!(gw.get("/rl").status, 200);
@@ -258,9 +400,15 @@ fn reload_keeps_counters_of_unchanged_limits() {
 #[test]
 fn concurrency_limit_refuses_the_excess() {
     let up = Upstream::start("u");
-    let gw = Gateway::start(&format!("{}{}", echo(&up), route("c", "/slow", r#"{ name = "concurrency", max = 2 }"#)));
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        echo(&up),
+        route("c", "/slow", r#"{ name = "concurrency", max = 2 }"#)
+    ));
     let addr = gw.addr;
-    let slow: Vec<_> = (0..2).map(|_| thread::spawn(move || get(addr, "/slow/800").status)).collect();
+    let slow: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || get(addr, "/slow/800").status))
+        .collect();
     assert!(wait_until(Duration::from_secs(3), || up.count() >= 2));
     let r = gw.get("/slow/10");
     assert_eq!(r.status, 503);
@@ -271,7 +419,13 @@ fn concurrency_limit_refuses_the_excess() {
     }
     // Slots are released when requests end.
     assert_eq!(gw.get("/slow/10").status, 200);
-    assert_eq!(gw.metric("tollgate_requests_rejected_total", &[("route", "c"), ("plugin", "concurrency"), ("status", "503")]), Some(1.0));
+    assert_eq!(
+        gw.metric(
+            "tollgate_requests_rejected_total",
+            &[("route", "c"), ("plugin", "concurrency"), ("status", "503")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -280,12 +434,24 @@ fn ip_rules_v4_v6_and_trusted_proxies() {
     let body = format!(
         "{}{}{}",
         echo(&up),
-        route("deny", "/deny", r#"{ name = "ip_restriction", deny = ["10.0.0.0/8", "2001:db8::/32"] }"#),
-        route("allow", "/allow", r#"{ name = "ip_restriction", allow = ["192.0.2.0/24", "2001:db8:1::/48"] }"#),
+        route(
+            "deny",
+            "/deny",
+            r#"{ name = "ip_restriction", deny = ["10.0.0.0/8", "2001:db8::/32"] }"#
+        ),
+        route(
+            "allow",
+            "/allow",
+            r#"{ name = "ip_restriction", allow = ["192.0.2.0/24", "2001:db8:1::/48"] }"#
+        ),
     );
     // Without trusted proxies, X-Forwarded-For is ignored: the client is 127.0.0.1.
     let gw = Gateway::start(&body);
-    assert_eq!(gw.request("GET", "/deny", &[("x-forwarded-for", "10.1.2.3")], b"").status, 200);
+    assert_eq!(
+        gw.request("GET", "/deny", &[("x-forwarded-for", "10.1.2.3")], b"")
+            .status,
+        200
+    );
     let r = gw.request("GET", "/allow", &[("x-forwarded-for", "192.0.2.1")], b"");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "ip_forbidden");
@@ -293,8 +459,13 @@ fn ip_rules_v4_v6_and_trusted_proxies() {
 
     // 127.0.0.1 is a trusted proxy: the client is the last untrusted X-Forwarded-For entry.
     // (Lines before the first table header of a body belong to the harness's [server].)
-    let gw = Gateway::start(&format!("trusted_proxies = [\"127.0.0.1\", \"172.16.0.0/12\"]\n{body}"));
-    let status = |path: &str, xff: &str| gw.request("GET", path, &[("x-forwarded-for", xff)], b"").status;
+    let gw = Gateway::start(&format!(
+        "trusted_proxies = [\"127.0.0.1\", \"172.16.0.0/12\"]\n{body}"
+    ));
+    let status = |path: &str, xff: &str| {
+        gw.request("GET", path, &[("x-forwarded-for", xff)], b"")
+            .status
+    };
     assert_eq!(status("/deny", "10.1.2.3"), 403);
     assert_eq!(status("/deny", "2001:db8::5"), 403);
     assert_eq!(status("/deny", "203.0.113.9"), 200);
@@ -308,7 +479,10 @@ fn ip_rules_v4_v6_and_trusted_proxies() {
     assert_eq!(status("/allow", "198.51.100.1"), 403);
     // The upstream still sees the whole chain with the peer appended.
     let r = gw.request("GET", "/deny", &[("x-forwarded-for", "203.0.113.9")], b"");
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
 }
 
 #[test]
@@ -317,8 +491,16 @@ fn request_size_by_header_and_by_stream() {
     let gw = Gateway::start(&format!(
         "{}{}{}",
         echo(&up),
-        route("size", "/size", r#"{ name = "request_size", max_body_bytes = 16 }"#),
-        route("strict", "/strict", r#"{ name = "request_size", max_body_bytes = 16, require_content_length = true }"#),
+        route(
+            "size",
+            "/size",
+            r#"{ name = "request_size", max_body_bytes = 16 }"#
+        ),
+        route(
+            "strict",
+            "/strict",
+            r#"{ name = "request_size", max_body_bytes = 16, require_content_length = true }"#
+        ),
     ));
     let r = gw.request("POST", "/size", &[], b"0123456789abcdef");
     assert_eq!(r.status, 200, "exactly the limit passes");
@@ -326,7 +508,11 @@ fn request_size_by_header_and_by_stream() {
     let r = gw.request("POST", "/size", &[], b"0123456789abcdefX");
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "body_too_large");
-    assert_eq!(up.count(), before, "refused by Content-Length before reaching the upstream");
+    assert_eq!(
+        up.count(),
+        before,
+        "refused by Content-Length before reaching the upstream"
+    );
 
     // Chunked, growing past the limit in the second chunk.
     let raw_req = |path: &str, chunks: &[&str]| {
@@ -353,7 +539,11 @@ fn cors_preflight_simple_and_disallowed() {
     let gw = Gateway::start(&format!(
         "{}{}{}",
         echo(&up),
-        route("cors", "/cors", r#"{ name = "cors", origins = ["https://app.example.com", "~^https://[a-z]+\\.example\\.org$"], methods = ["GET", "PUT"], exposed_headers = ["x-total"], credentials = true, max_age_seconds = 300 }"#),
+        route(
+            "cors",
+            "/cors",
+            r#"{ name = "cors", origins = ["https://app.example.com", "~^https://[a-z]+\\.example\\.org$"], methods = ["GET", "PUT"], exposed_headers = ["x-total"], credentials = true, max_age_seconds = 300 }"#
+        ),
         route("any", "/any", r#"{ name = "cors" }"#),
     ));
     let before = up.count();
@@ -361,21 +551,34 @@ fn cors_preflight_simple_and_disallowed() {
         gw.request(
             "OPTIONS",
             "/cors",
-            &[("origin", origin), ("access-control-request-method", method), ("access-control-request-headers", "x-a, content-type")],
+            &[
+                ("origin", origin),
+                ("access-control-request-method", method),
+                ("access-control-request-headers", "x-a, content-type"),
+            ],
             b"",
         )
     };
     let r = pre("https://app.example.com", "PUT");
     assert_eq!(r.status, 204);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"));
-    assert_eq!(r.header("access-control-allow-headers"), Some("x-a, content-type"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("x-a, content-type")
+    );
     assert_eq!(r.header("access-control-max-age"), Some("300"));
     assert!(r.header_all("vary").iter().any(|v| v.contains("Origin")));
     let r = pre("https://shop.example.org", "GET");
     assert_eq!(r.status, 204);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.org"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.org")
+    );
     let r = pre("https://evil.example.com", "GET");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "cors_forbidden");
@@ -384,17 +587,36 @@ fn cors_preflight_simple_and_disallowed() {
     assert_eq!(up.count(), before, "preflights never reach the upstream");
 
     // Simple requests go upstream; allowed origins get CORS headers, others none.
-    let r = gw.request("GET", "/cors", &[("origin", "https://app.example.com")], b"");
+    let r = gw.request(
+        "GET",
+        "/cors",
+        &[("origin", "https://app.example.com")],
+        b"",
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     assert_eq!(r.header("access-control-expose-headers"), Some("x-total"));
     assert!(r.header_all("vary").iter().any(|v| v.contains("Origin")));
-    let r = gw.request("GET", "/cors", &[("origin", "https://evil.example.com")], b"");
+    let r = gw.request(
+        "GET",
+        "/cors",
+        &[("origin", "https://evil.example.com")],
+        b"",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), None);
-    assert!(r.header_all("vary").iter().any(|v| v.contains("Origin")), "Vary: Origin always");
+    assert!(
+        r.header_all("vary").iter().any(|v| v.contains("Origin")),
+        "Vary: Origin always"
+    );
     let r = gw.get("/cors");
-    assert!(r.header_all("vary").iter().any(|v| v.contains("Origin")), "Vary: Origin without Origin too");
+    assert!(
+        r.header_all("vary").iter().any(|v| v.contains("Origin")),
+        "Vary: Origin without Origin too"
+    );
 
     // Any origin without credentials: a literal *.
     let r = gw.request("GET", "/any", &[("origin", "https://x.test")], b"");

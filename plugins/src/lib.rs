@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod answer;
 pub mod basic_auth;
+pub mod cache;
 pub mod chain;
 pub mod concurrency;
 pub mod config_error;

@@ -66,12 +66,14 @@ impl LimitKey {
                         .map(|h| HeaderName::from_bytes(h.as_bytes()))
                     {
                         Some(Ok(h)) => Part::Header(h),
-                        _ => return Err(ConfigError::new(
-                            path,
-                            format!(
+                        _ => {
+                            return Err(ConfigError::new(
+                                path,
+                                format!(
                                 "{other:?}: expected ip, consumer, route, path or header:<name>"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
             });

@@ -86,6 +86,12 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// The route's cache policy, for the `cache` plugin (the gateway runs Pingora's cache
+    /// phases with it).
+    fn cache_policy(&self) -> Option<&Arc<crate::cache::CachePolicy>> {
+        None
+    }
+
     /// Whether [`Plugin::request_body`] must be called (lets the gateway skip body hooks).
     fn wants_request_body(&self) -> bool {
         false

@@ -2,8 +2,8 @@
 
 use crate::consumer::Consumers;
 use crate::{
-    acl, basic_auth, concurrency, cors, headers, ip_restriction, jwt, key_auth, mock, rate_limit,
-    request_size, ConfigError, Plugin,
+    acl, basic_auth, cache, concurrency, cors, headers, ip_restriction, jwt, key_auth, mock,
+    rate_limit, request_size, ConfigError, Plugin,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ impl Registry {
         r.register(ip_restriction::NAME, ip_restriction::build);
         r.register(request_size::NAME, request_size::build);
         r.register(cors::NAME, cors::build);
+        r.register(cache::NAME, cache::build);
         r
     }
 

@@ -467,6 +467,7 @@ fn compile_route(
         },
         duration: METRICS.route_duration(&r.name),
         body_hooks: chain.iter().any(|p| p.wants_request_body()),
+        cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
         chain: chain.into_boxed_slice(),
     })
 }

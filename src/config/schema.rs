@@ -38,6 +38,9 @@ pub struct ServerSection {
     /// `X-Forwarded-For`; the client is the last address in it that is not trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Byte budget of the response cache (shared by every route with the `cache` plugin).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_max_bytes: usize,
     /// The access log.
     #[serde(default)]
     pub access_log: AccessLogSection,
@@ -82,6 +85,7 @@ impl Default for ServerSection {
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upstream_keepalive_pool_size: default_pool(),
             trusted_proxies: Vec::new(),
+            cache_max_bytes: default_cache_bytes(),
             access_log: AccessLogSection::default(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),
@@ -277,6 +281,9 @@ fn default_pool() -> usize {
 }
 fn default_access_log_path() -> String {
     "-".to_string()
+}
+fn default_cache_bytes() -> usize {
+    tollgate_plugins::cache::storage::DEFAULT_MAX_BYTES
 }
 fn default_pid_file() -> String {
     "/tmp/tollgate.pid".to_string()

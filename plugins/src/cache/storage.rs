@@ -1,0 +1,364 @@
+//! The in-memory cache storage: whole objects in sharded maps, a byte budget enforced by
+//! Pingora's LRU eviction manager, and indexes so a URL (all its variants) or a route can be
+//! purged at once. One per process; it outlives config reloads.
+//!
+//! Objects are stored when their body is complete (no reading of partial writes): concurrent
+//! misses for one key wait on the cache lock and are then served from the stored object.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::eviction::lru::Manager as LruManager;
+use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::lock::CacheLock;
+use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
+use pingora::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, RwLock};
+use std::time::Duration;
+
+const SHARDS: usize = 16;
+
+/// Where an object belongs: which route and which URL (for purges).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Route name.
+    pub route: String,
+    /// Hash of route + host + path (+ query): all variants and methods of one URL.
+    pub url: HashBinary,
+    /// The request path (for admin purges by path).
+    pub path: String,
+}
+
+/// Set on a [`CacheKey`]'s extensions by the key builder, read when storing.
+#[derive(Clone, Debug)]
+pub struct KeyOrigin(pub Origin);
+
+struct Object {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    origin: Option<Origin>,
+    compact: CompactCacheKey,
+}
+
+impl Object {
+    fn size(&self) -> usize {
+        self.meta.0.len() + self.meta.1.len() + self.body.len()
+    }
+}
+
+/// The storage.
+pub struct MemStorage {
+    shards: Vec<RwLock<HashMap<HashBinary, Object>>>,
+    by_url: RwLock<HashMap<HashBinary, HashSet<HashBinary>>>,
+    bytes: AtomicUsize,
+    objects: AtomicUsize,
+    evictions: AtomicU64,
+}
+
+/// The process's cache storage.
+pub static STORAGE: LazyLock<MemStorage> = LazyLock::new(|| MemStorage {
+    shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+    by_url: RwLock::new(HashMap::new()),
+    bytes: AtomicUsize::new(0),
+    objects: AtomicUsize::new(0),
+    evictions: AtomicU64::new(0),
+});
+
+/// The byte budget: least recently used objects are evicted past it.
+pub static EVICTION: LazyLock<LruManager<16>> =
+    LazyLock::new(|| LruManager::with_capacity(DEFAULT_MAX_BYTES, 8192));
+
+/// Concurrent misses of one key wait for the first (bounded by the age timeout).
+pub static LOCK: LazyLock<Box<CacheLock>> =
+    LazyLock::new(|| CacheLock::new_boxed(Duration::from_secs(10)));
+
+/// Default byte budget (`[server] cache_max_bytes`).
+pub const DEFAULT_MAX_BYTES: usize = 128 * 1024 * 1024;
+
+fn internal(msg: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, msg)
+}
+
+impl MemStorage {
+    fn shard(&self, k: &HashBinary) -> &RwLock<HashMap<HashBinary, Object>> {
+        &self.shards[k[0] as usize % SHARDS]
+    }
+
+    /// Bytes stored (bodies and metadata).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Objects stored.
+    pub fn objects(&self) -> usize {
+        self.objects.load(Ordering::Relaxed)
+    }
+
+    /// Objects evicted to stay within the budget, since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn insert(&self, combined: HashBinary, obj: Object) {
+        if let Some(o) = &obj.origin {
+            if let Ok(mut idx) = self.by_url.write() {
+                idx.entry(o.url).or_default().insert(combined);
+            }
+        }
+        let size = obj.size();
+        let old = self
+            .shard(&combined)
+            .write()
+            .ok()
+            .and_then(|mut m| m.insert(combined, obj));
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        match old {
+            Some(o) => {
+                self.bytes.fetch_sub(o.size(), Ordering::Relaxed);
+            }
+            None => {
+                self.objects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn remove(&self, combined: &HashBinary) -> Option<Object> {
+        let obj = self.shard(combined).write().ok()?.remove(combined)?;
+        self.bytes.fetch_sub(obj.size(), Ordering::Relaxed);
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        if let Some(o) = &obj.origin {
+            if let Ok(mut idx) = self.by_url.write() {
+                if let Some(set) = idx.get_mut(&o.url) {
+                    set.remove(combined);
+                    if set.is_empty() {
+                        idx.remove(&o.url);
+                    }
+                }
+            }
+        }
+        Some(obj)
+    }
+
+    /// Remove objects and tell the eviction manager; returns how many were removed.
+    fn remove_all(&self, keys: impl IntoIterator<Item = HashBinary>) -> usize {
+        let mut n = 0;
+        for k in keys {
+            if let Some(obj) = self.remove(&k) {
+                let entry = CacheEntryKey::key_only(obj.compact);
+                EVICTION.remove((&entry).into());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Purge every variant of one URL (unsafe methods, `PURGE`, admin by URL).
+    pub fn purge_url(&self, url: &HashBinary) -> usize {
+        let keys: Vec<HashBinary> = self
+            .by_url
+            .read()
+            .ok()
+            .and_then(|idx| idx.get(url).map(|s| s.iter().copied().collect()))
+            .unwrap_or_default();
+        self.remove_all(keys)
+    }
+
+    /// Purge every object of a route, or only those of one path on it (admin).
+    pub fn purge_route(&self, route: &str, path: Option<&str>) -> usize {
+        let mut keys = Vec::new();
+        for shard in &self.shards {
+            if let Ok(m) = shard.read() {
+                keys.extend(
+                    m.iter()
+                        .filter(|(_, o)| {
+                            o.origin.as_ref().is_some_and(|x| {
+                                x.route == route && path.is_none_or(|p| x.path == p)
+                            })
+                        })
+                        .map(|(k, _)| *k),
+                );
+            }
+        }
+        self.remove_all(keys)
+    }
+}
+
+struct Hit {
+    body: Bytes,
+    done: bool,
+    range: (usize, usize),
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _: &'static (dyn Storage + Sync),
+        _: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len && len > 0 {
+            return Error::e_explain(ErrorType::InternalError, "seek start out of range");
+        }
+        self.range = (start, end.map_or(len, |e| (e + 1).min(len)));
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    combined: HashBinary,
+    compact: CompactCacheKey,
+    meta: (Vec<u8>, Vec<u8>),
+    origin: Option<Origin>,
+    body: Vec<u8>,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let obj = Object {
+            meta: self.meta,
+            body: Bytes::from(self.body),
+            origin: self.origin,
+            compact: self.compact,
+        };
+        let size = obj.size();
+        STORAGE.insert(self.combined, obj);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[async_trait]
+impl Storage for MemStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let combined = key.combined_bin();
+        let found = self
+            .shard(&combined)
+            .read()
+            .map_err(|_| internal("cache shard lock poisoned"))?
+            .get(&combined)
+            .map(|o| (o.meta.clone(), o.body.clone()));
+        let Some((meta, body)) = found else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let len = body.len();
+        Ok(Some((
+            meta,
+            Box::new(Hit {
+                body,
+                done: false,
+                range: (0, len),
+            }),
+        )))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            combined: key.combined_bin(),
+            compact: key.to_compact(),
+            meta: meta.serialize()?,
+            origin: key.extensions.get::<KeyOrigin>().map(|o| o.0.clone()),
+            body: Vec::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        kind: PurgeType,
+        _: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        // Objects carry no entry ids: an identified target cannot be one of ours.
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let combined = target.key().combined_bin();
+        match self.remove(&combined) {
+            Some(_) => {
+                if matches!(kind, PurgeType::Eviction) {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(PurgeOutcome::Purged(None))
+            }
+            None => Ok(PurgeOutcome::NotFound),
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _: &SpanHandle,
+    ) -> Result<bool> {
+        let combined = key.combined_bin();
+        let serialized = meta.serialize()?;
+        let mut shard = self
+            .shard(&combined)
+            .write()
+            .map_err(|_| internal("cache shard lock poisoned"))?;
+        match shard.get_mut(&combined) {
+            Some(o) => {
+                let before = o.size();
+                o.meta = serialized;
+                let after = o.size();
+                self.bytes.fetch_add(after, Ordering::Relaxed);
+                self.bytes.fetch_sub(before, Ordering::Relaxed);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
