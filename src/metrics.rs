@@ -28,6 +28,10 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     /// `tollgate_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_upstream_ejections_total{upstream,backend}`: passive-health ejections.
+    pub upstream_ejections: IntCounterVec,
+    /// `tollgate_upstream_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGaugeVec,
     /// `tollgate_cache_requests_total{route,status}`.
     pub cache_requests: IntCounterVec,
     /// `tollgate_cache_bytes`: bytes stored in the response cache.
@@ -99,6 +103,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "plugin", "status"],
     )?;
+    let upstream_ejections = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_ejections_total",
+            "Backends ejected by passive health checks",
+        ),
+        &["upstream", "backend"],
+    )?;
+    let circuit_state = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_circuit_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+        ),
+        &["upstream"],
+    )?;
     let cache_requests = IntCounterVec::new(
         Opts::new(
             "tollgate_cache_requests_total",
@@ -130,6 +148,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(auth_failures.clone()))?;
     registry.register(Box::new(requests_rejected.clone()))?;
     registry.register(Box::new(cache_requests.clone()))?;
+    registry.register(Box::new(upstream_ejections.clone()))?;
+    registry.register(Box::new(circuit_state.clone()))?;
     registry.register(Box::new(cache_bytes.clone()))?;
     registry.register(Box::new(cache_objects.clone()))?;
     registry.register(Box::new(cache_evictions.clone()))?;
@@ -150,6 +170,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         auth_failures,
         requests_rejected,
         access_log_dropped,
+        upstream_ejections,
+        circuit_state,
         cache_requests,
         cache_bytes,
         cache_objects,

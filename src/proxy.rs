@@ -5,7 +5,8 @@ use crate::access_log::{self, AccessRecord};
 use crate::metrics::{method_label, METRICS};
 use crate::router::{has_dot_segment, request_host, Match};
 use crate::snapshot::{rewrite_path, PathRewrite, Route, Snapshot};
-use crate::upstream::HashOn;
+use crate::upstream::outlier::{Admission, Circuit};
+use crate::upstream::{HashOn, UpstreamPool};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,6 +56,16 @@ pub struct Ctx {
     start: Instant,
     started_at: SystemTime,
     backend: Option<Backend>,
+    /// Index of the current backend in its pool, while a request to it is counted in flight.
+    backend_index: Option<usize>,
+    /// The current attempt's outcome was reported to passive health.
+    attempt_reported: bool,
+    /// The circuit breaker admitted this request as a half-open probe.
+    breaker_probe: bool,
+    /// The circuit breaker was consulted (the request counts for it).
+    breaker_counted: bool,
+    /// Status of the upstream's response, if one came.
+    upstream_status: Option<u16>,
     tried: Vec<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_elapsed: Option<Duration>,
@@ -180,6 +191,11 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             started_at: SystemTime::now(),
             backend: None,
+            backend_index: None,
+            attempt_reported: false,
+            breaker_probe: false,
+            breaker_counted: false,
+            upstream_status: None,
             tried: Vec::new(),
             upstream_start: None,
             upstream_elapsed: None,
@@ -293,12 +309,25 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = &route.upstream else {
             return Error::e_explain(ErrorType::InternalError, "route has no upstream");
         };
+        if !ctx.breaker_counted {
+            if let Some(breaker) = &upstream.breaker {
+                match breaker.admit() {
+                    Admission::Refused => {
+                        ctx.error = Some("circuit_open");
+                        return Error::e_explain(ErrorType::HTTPStatus(503), "circuit open");
+                    }
+                    Admission::Probe => ctx.breaker_probe = true,
+                    Admission::Allowed => {}
+                }
+                ctx.breaker_counted = true;
+            }
+        }
         let mut buf = [0u8; 16];
         let key = match &upstream.hash_on {
             Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
             None => &[],
         };
-        let Some(backend) = upstream.select(key, &ctx.tried) else {
+        let Some((backend, index)) = upstream.select(key, &ctx.tried) else {
             if !ctx.tried.is_empty() {
                 // Every backend left was tried and refused: that is the upstream failing.
                 let mut e = Error::new_up(ErrorType::ConnectRefused);
@@ -322,6 +351,11 @@ impl ProxyHttp for Gateway {
             peer.options.write_timeout = t.write;
         }
         ctx.backend = Some(backend);
+        if let Some(previous) = ctx.backend_index.replace(index) {
+            upstream.end(previous);
+        }
+        upstream.begin(index);
+        ctx.attempt_reported = false;
         ctx.upstream_start.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
     }
@@ -528,9 +562,18 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let (Some(up), Some(i)) = (
+            ctx.route().and_then(|r| r.upstream.clone()),
+            ctx.backend_index,
+        ) {
+            up.report(i, status < 500);
+            ctx.attempt_reported = true;
+        }
         if let Some(start) = ctx.upstream_start {
             let elapsed = start.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -568,6 +611,11 @@ impl ProxyHttp for Gateway {
             };
         }
         let (status, code, message): (u16, &'static str, &str) = match e.etype() {
+            HTTPStatus(503) if ctx.error == Some("circuit_open") => (
+                503,
+                "upstream_unavailable",
+                "the upstream is failing; its circuit breaker is open",
+            ),
             HTTPStatus(503) if ctx.error == Some("no_healthy_upstream") => (
                 503,
                 "no_healthy_upstream",
@@ -635,6 +683,9 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[route_name, code])
                 .inc();
         }
+        if let Some(up) = route.and_then(|r| r.upstream.clone()) {
+            settle_upstream(&up, ctx);
+        }
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
             for p in r.chain.iter() {
@@ -688,6 +739,34 @@ async fn read_body_hash(session: &mut Session) -> Result<[u8; 32]> {
         hasher.update(&chunk);
     }
     Ok(hasher.finalize().into())
+}
+
+/// End-of-request bookkeeping for the upstream: in-flight count, passive health for an
+/// attempt that ended without a response (timeout, reset), and the circuit breaker.
+fn settle_upstream(up: &UpstreamPool, ctx: &mut Ctx) {
+    let ok = ctx.upstream_status.is_some_and(|s| s < 500);
+    if let Some(i) = ctx.backend_index.take() {
+        up.end(i);
+        if !ctx.attempt_reported {
+            up.report(i, ok);
+        }
+    }
+    if ctx.breaker_counted && ctx.backend.is_some() {
+        if let Some(breaker) = &up.breaker {
+            if let Some(circuit) = breaker.record(ctx.breaker_probe, ok) {
+                log::warn!("upstream {} circuit is now {circuit:?}", up.name);
+                let value = match circuit {
+                    Circuit::Closed => 0,
+                    Circuit::Open => 1,
+                    Circuit::HalfOpen => 2,
+                };
+                METRICS
+                    .circuit_state
+                    .with_label_values(&[&*up.name])
+                    .set(value);
+            }
+        }
+    }
 }
 
 /// `PURGE` on a cached route: drop every stored variant of the URL.

@@ -96,7 +96,8 @@ fn sse_events_arrive_one_by_one() {
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let start = Instant::now();
-    s.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n").unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .unwrap();
     let mut reader = BufReader::new(s);
     let mut seen = Vec::new();
     let mut line = String::new();
@@ -112,9 +113,19 @@ fn sse_events_arrive_one_by_one() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     // The first event arrives long before the origin finished (~900 ms), and the spacing of
     // the events survives the gateway.
-    assert!(seen[0].1 < Duration::from_millis(250), "first event after {:?}: buffered", seen[0].1);
-    assert!(seen[1].1 - seen[0].1 > Duration::from_millis(200), "{seen:?}");
-    assert!(seen[2].1 - seen[1].1 > Duration::from_millis(200), "{seen:?}");
+    assert!(
+        seen[0].1 < Duration::from_millis(250),
+        "first event after {:?}: buffered",
+        seen[0].1
+    );
+    assert!(
+        seen[1].1 - seen[0].1 > Duration::from_millis(200),
+        "{seen:?}"
+    );
+    assert!(
+        seen[2].1 - seen[1].1 > Duration::from_millis(200),
+        "{seen:?}"
+    );
 }
 
 #[test]

@@ -120,6 +120,9 @@ pub enum Algorithm {
     Random,
     /// Consistent hashing (Ketama) on `hash_on`.
     ConsistentHash,
+    /// Power of two random choices on in-flight requests (weighted): slow backends, which
+    /// hold requests longer, get fewer.
+    LeastRequest,
 }
 
 /// `[[upstreams]]`: a named pool of backends.
@@ -167,6 +170,55 @@ pub struct UpstreamSection {
     /// Active health check; none means every backend counts as healthy.
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
+    /// Passive health (outlier detection) from real traffic.
+    #[serde(default)]
+    pub passive_health: Option<PassiveHealthSection>,
+    /// Circuit breaker for the whole upstream.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+}
+
+/// `[upstreams.passive_health]`: eject a backend after consecutive failures (connect
+/// errors, timeouts, 5xx answers) for a time that grows with each ejection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthSection {
+    /// Failures in a row that eject a backend.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_ms: u64,
+    /// Longest ejection.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_ms: u64,
+    /// At most this share of the backends is ejected at once (one always stays).
+    #[serde(default = "default_max_ejected")]
+    pub max_ejected_percent: u32,
+}
+
+/// `[upstreams.circuit_breaker]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    /// Open when this share of the requests in the window failed (0 disables the ratio rule).
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    /// Open after this many failures in a row (0 disables the rule).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// The ratio rule needs at least this many requests in the window.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Length of the counting window.
+    #[serde(default = "default_window")]
+    pub window_ms: u64,
+    /// How long the circuit stays open before probing.
+    #[serde(default = "default_open")]
+    pub open_ms: u64,
+    /// Probe requests allowed while half-open; all must succeed to close.
+    #[serde(default = "default_half_open")]
+    pub half_open_requests: u32,
 }
 
 /// Kind of active health check.
@@ -290,6 +342,33 @@ fn default_pid_file() -> String {
 }
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate_upgrade.sock".to_string()
+}
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_base_ejection() -> u64 {
+    30_000
+}
+fn default_max_ejection() -> u64 {
+    300_000
+}
+fn default_max_ejected() -> u32 {
+    50
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_window() -> u64 {
+    10_000
+}
+fn default_open() -> u64 {
+    5_000
+}
+fn default_half_open() -> u32 {
+    3
 }
 fn default_weight() -> usize {
     1

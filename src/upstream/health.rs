@@ -37,6 +37,15 @@ impl HealthChecker {
                 .map(|(_, b)| pool.is_healthy(b))
                 .collect();
             pool.health_check_if_due(now_ms).await;
+            let now = super::outlier::now_ms();
+            for (i, (label, _)) in pool.backends.iter().enumerate() {
+                if pool.states[i].take_return(now) {
+                    log::warn!(
+                        "upstream {} backend {label} returns after ejection",
+                        pool.name
+                    );
+                }
+            }
             for ((label, b), was) in pool.backends.iter().zip(before) {
                 let healthy = pool.is_healthy(b);
                 if healthy != was {

@@ -2,6 +2,7 @@
 //! health state) survive a config reload when its definition did not change.
 
 pub mod health;
+pub mod outlier;
 
 use crate::config::schema::{Algorithm, BackendSpec, HealthCheckKind, UpstreamSection};
 use futures::FutureExt;
@@ -73,6 +74,7 @@ macro_rules! with_lb {
 struct BackendInfo {
     peer: HttpPeer,
     host: HeaderValue,
+    index: usize,
 }
 
 /// A compiled upstream: backends behind a load balancer, with the settings of their peers.
@@ -91,6 +93,13 @@ pub struct UpstreamPool {
     /// Milliseconds since process start of the last health check run.
     last_check_ms: AtomicU64,
     definition: UpstreamSection,
+    /// Live counters per backend, in the order of `backends`.
+    pub states: Vec<outlier::BackendState>,
+    passive: Option<outlier::PassiveHealth>,
+    /// The circuit breaker, when configured.
+    pub breaker: Option<outlier::Breaker>,
+    least_request: bool,
+    rng: AtomicU64,
 }
 
 impl UpstreamPool {
@@ -172,6 +181,7 @@ impl UpstreamPool {
             backend.ext.insert(BackendInfo {
                 peer,
                 host: host_value,
+                index: labels.len(),
             });
             labels.push((sa.to_string(), backend.clone()));
             set.insert(backend);
@@ -204,6 +214,8 @@ impl UpstreamPool {
             Algorithm::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
             Algorithm::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
             Algorithm::ConsistentHash => Balancer::Ketama(LoadBalancer::from_backends(backends)),
+            // Health bookkeeping only: least-request picks among `labels` itself.
+            Algorithm::LeastRequest => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
         };
         // Static discovery never waits, so the first update completes right here.
         with_lb!(&balancer, lb => {
@@ -212,6 +224,7 @@ impl UpstreamPool {
                 _ => return Err(vec![ConfigError::new("backends", "could not build the backend set")]),
             }
         });
+        let backend_count = labels.len();
         Ok(UpstreamPool {
             name: Arc::from(sec.name.as_str()),
             balancer,
@@ -225,14 +238,103 @@ impl UpstreamPool {
                 .map(|h| Duration::from_millis(h.interval_ms)),
             last_check_ms: AtomicU64::new(0),
             definition: sec.clone(),
+            states: (0..backend_count)
+                .map(|_| outlier::BackendState::default())
+                .collect(),
+            passive: sec
+                .passive_health
+                .as_ref()
+                .map(outlier::PassiveHealth::from),
+            breaker: sec.circuit_breaker.as_ref().map(outlier::Breaker::new),
+            least_request: sec.algorithm == Algorithm::LeastRequest,
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         })
     }
 
-    /// Pick a healthy backend not in `exclude`, using `key` for consistent hashing.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
-        with_lb!(&self.balancer, lb => lb.select_with(key, MAX_SELECT_STEPS, |b, healthy| {
-            healthy && !exclude.contains(&b.addr)
-        }))
+    /// Pick a healthy, not ejected backend not in `exclude`, using `key` for consistent
+    /// hashing; returns it with its index in `backends`.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<(Backend, usize)> {
+        let now = outlier::now_ms();
+        let eligible = |b: &Backend, healthy: bool| {
+            healthy
+                && !exclude.contains(&b.addr)
+                && !index_of(b).is_some_and(|i| self.states[i].ejected(now))
+        };
+        let backend = if self.least_request {
+            self.least_request_pick(&eligible)
+        } else {
+            with_lb!(&self.balancer, lb => lb.select_with(key, MAX_SELECT_STEPS, |b, h| eligible(b, h)))
+        }?;
+        let index = index_of(&backend)?;
+        Some((backend, index))
+    }
+
+    /// Power of two choices: two random eligible backends, the one with fewer requests in
+    /// flight per unit of weight wins.
+    fn least_request_pick(&self, eligible: &dyn Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        let candidates: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| eligible(&self.backends[i].1, self.is_healthy(&self.backends[i].1)))
+            .collect();
+        let pick = |n: usize| {
+            // splitmix64 on a shared counter: cheap, lock-free, good enough to spread picks.
+            let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        };
+        let best = match candidates.len() {
+            0 => return None,
+            1 => candidates[0],
+            n => {
+                let a = candidates[pick(n)];
+                let mut b = candidates[pick(n - 1)];
+                if b == a {
+                    b = candidates[n - 1];
+                }
+                let load = |i: usize| {
+                    (self.states[i].inflight.load(Ordering::Relaxed) as f64 + 1.0)
+                        / self.backends[i].1.weight as f64
+                };
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(self.backends[best].1.clone())
+    }
+
+    /// A request to backend `index` started.
+    pub fn begin(&self, index: usize) {
+        if let Some(s) = self.states.get(index) {
+            s.inflight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to backend `index` ended.
+    pub fn end(&self, index: usize) {
+        if let Some(s) = self.states.get(index) {
+            s.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Record one attempt's outcome for passive health; logs and counts an ejection.
+    pub fn report(&self, index: usize, ok: bool) {
+        let (Some(ph), Some(state)) = (&self.passive, self.states.get(index)) else {
+            return;
+        };
+        if let Some(time) = ph.record(state, &self.states, ok) {
+            let label = &self.backends[index].0;
+            log::warn!(
+                "upstream {} backend {label} ejected for {time:?} after consecutive failures",
+                self.name
+            );
+            crate::metrics::METRICS
+                .upstream_ejections
+                .with_label_values(&[&*self.name, label.as_str()])
+                .inc();
+        }
     }
 
     /// The peer to connect to for `backend` (a clone of the one prepared at load).
@@ -308,6 +410,10 @@ fn health_check(
     }
 }
 
+fn index_of(b: &Backend) -> Option<usize> {
+    b.ext.get::<BackendInfo>().map(|i| i.index)
+}
+
 /// Keeps the pools of the running config so a reload reuses a pool whose definition did not
 /// change: its health state, and the connections pooled for its peers, carry over.
 #[derive(Default)]
@@ -359,7 +465,7 @@ mod tests {
         .unwrap();
         let mut counts = HashMap::new();
         for _ in 0..400 {
-            let b = p.select(b"", &[]).unwrap();
+            let b = p.select(b"", &[]).unwrap().0;
             *counts.entry(b.addr.to_string()).or_insert(0) += 1;
         }
         assert_eq!(counts["127.0.0.1:1"], 300);
@@ -367,7 +473,7 @@ mod tests {
         let first = p.backends[0].1.addr.clone();
         for _ in 0..10 {
             assert_ne!(
-                p.select(b"", std::slice::from_ref(&first)).unwrap().addr,
+                p.select(b"", std::slice::from_ref(&first)).unwrap().0.addr,
                 first
             );
         }
