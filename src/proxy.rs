@@ -56,6 +56,8 @@ pub struct Ctx {
     start: Instant,
     started_at: SystemTime,
     backend: Option<Backend>,
+    /// The upstream this request goes to: the route's, or the one a split rule chose.
+    upstream: Option<Arc<UpstreamPool>>,
     /// Index of the current backend in its pool, while a request to it is counted in flight.
     backend_index: Option<usize>,
     /// The current attempt's outcome was reported to passive health.
@@ -191,6 +193,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             started_at: SystemTime::now(),
             backend: None,
+            upstream: None,
             backend_index: None,
             attempt_reported: false,
             breaker_probe: false,
@@ -282,6 +285,19 @@ impl ProxyHttp for Gateway {
             self.send_answer(session, ctx, stop.answer).await?;
             return Ok(true);
         }
+        ctx.upstream = route.upstream.clone();
+        if let Some(split) = &route.split {
+            let body = if split.needs_body && has_small_body(session.req_header()) {
+                let bytes = read_small_body(session).await?;
+                ctx.body_hash = Some(sha256(&bytes));
+                serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+            } else {
+                None
+            };
+            if let Some(up) = split.choose(session.req_header(), body.as_ref()) {
+                ctx.upstream = Some(up);
+            }
+        }
         if let Some(policy) = &route.cache {
             let req = session.req_header();
             if req.method.as_str() == "PURGE" {
@@ -294,8 +310,9 @@ impl ProxyHttp for Gateway {
             }
             let use_ = policy.request_use(req);
             ctx.cache_use = Some(use_);
-            if use_ == RequestUse::CacheBody {
-                ctx.body_hash = Some(read_body_hash(session).await?);
+            if use_ == RequestUse::CacheBody && ctx.body_hash.is_none() {
+                let bytes = read_small_body(session).await?;
+                ctx.body_hash = Some(sha256(&bytes));
             }
         }
         Ok(false)
@@ -306,7 +323,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.matched.map(|(r, _)| &snap.routes[r]) else {
             return Error::e_explain(ErrorType::InternalError, "no route matched");
         };
-        let Some(upstream) = &route.upstream else {
+        let Some(upstream) = ctx.upstream.clone() else {
             return Error::e_explain(ErrorType::InternalError, "route has no upstream");
         };
         if !ctx.breaker_counted {
@@ -370,10 +387,11 @@ impl ProxyHttp for Gateway {
         if let Some(b) = &ctx.backend {
             ctx.tried.push(b.addr.clone());
         }
-        let retries = ctx
-            .route()
-            .and_then(|r| r.upstream.as_ref())
-            .map_or(0, |u| u.retries);
+        if let (Some(up), Some(i)) = (&ctx.upstream, ctx.backend_index) {
+            up.report(i, false);
+            ctx.attempt_reported = true;
+        }
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.retries);
         // Bounded by the upstream's `retries`; a new backend is picked on each try.
         e.set_retry(ctx.tried.len() <= retries);
         e
@@ -411,7 +429,7 @@ impl ProxyHttp for Gateway {
         }
         let original_host = session.req_header().headers.get(header::HOST).cloned();
         if !route.preserve_host {
-            if let (Some(up), Some(b)) = (&route.upstream, &ctx.backend) {
+            if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
                 if let Some(h) = up.host_header(b) {
                     upstream_request.insert_header(header::HOST, h)?;
                 }
@@ -567,18 +585,15 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
-        if let (Some(up), Some(i)) = (
-            ctx.route().and_then(|r| r.upstream.clone()),
-            ctx.backend_index,
-        ) {
-            up.report(i, status < 500);
-            ctx.attempt_reported = true;
-        }
-        if let Some(start) = ctx.upstream_start {
-            let elapsed = start.elapsed();
-            ctx.upstream_elapsed = Some(elapsed);
-            if let Some(h) = ctx.route().and_then(|r| r.upstream_duration.as_ref()) {
-                h.observe(elapsed.as_secs_f64());
+        if let Some(up) = &ctx.upstream {
+            if let Some(i) = ctx.backend_index {
+                up.report(i, status < 500);
+                ctx.attempt_reported = true;
+            }
+            if let Some(start) = ctx.upstream_start {
+                let elapsed = start.elapsed();
+                ctx.upstream_elapsed = Some(elapsed);
+                up.duration.observe(elapsed.as_secs_f64());
             }
         }
         Ok(())
@@ -683,7 +698,7 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[route_name, code])
                 .inc();
         }
-        if let Some(up) = route.and_then(|r| r.upstream.clone()) {
+        if let Some(up) = ctx.upstream.clone() {
             settle_upstream(&up, ctx);
         }
         if let Some(r) = route {
@@ -703,9 +718,7 @@ impl ProxyHttp for Gateway {
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route: route_name,
-                upstream: route
-                    .and_then(|r| r.upstream.as_ref())
-                    .map_or("", |u| &*u.name),
+                upstream: ctx.upstream.as_ref().map_or("", |u| &*u.name),
                 backend: ctx
                     .backend
                     .as_ref()
@@ -721,24 +734,39 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Read the whole (small, `Content-Length`-sized) request body and hash it. Retry buffering
-/// keeps the bytes, so Pingora still sends them upstream on a miss.
-async fn read_body_hash(session: &mut Session) -> Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
+/// The largest request body read before choosing an upstream or a cache key: Pingora's
+/// retry buffer keeps exactly this much to replay upstream.
+const MAX_SMALL_BODY: usize = tollgate_plugins::cache::MAX_KEY_BODY;
+
+/// A request whose body can be read ahead: a `Content-Length` of at most [`MAX_SMALL_BODY`].
+fn has_small_body(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| n > 0 && n <= MAX_SMALL_BODY)
+}
+
+/// Read the whole (small, `Content-Length`-sized) request body. Retry buffering keeps the
+/// bytes, so Pingora still sends them upstream.
+async fn read_small_body(session: &mut Session) -> Result<Bytes> {
     session.as_mut().enable_retry_buffering();
-    let mut hasher = Sha256::new();
-    let mut total = 0usize;
+    let mut body = bytes::BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
-        total += chunk.len();
-        if total > tollgate_plugins::cache::MAX_KEY_BODY {
+        if body.len() + chunk.len() > MAX_SMALL_BODY {
             return Error::e_explain(
                 ErrorType::HTTPStatus(413),
                 "body larger than its Content-Length",
             );
         }
-        hasher.update(&chunk);
+        body.extend_from_slice(&chunk);
     }
-    Ok(hasher.finalize().into())
+    Ok(body.freeze())
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
 }
 
 /// End-of-request bookkeeping for the upstream: in-flight count, passive health for an

@@ -100,16 +100,18 @@ impl PathMatch {
     }
 }
 
-/// A predicate on a header or query value.
+/// A predicate on a header, query, cookie or body-field value: exact, `*` (present) or
+/// `~regex`.
 #[derive(Debug, Clone)]
-enum ValueMatch {
+pub enum ValueMatch {
     Present,
     Exact(String),
     Regex(Regex),
 }
 
 impl ValueMatch {
-    fn parse(spec: &str) -> Result<Self, String> {
+    /// Parse `value`, `*` or `~regex`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
         if spec == "*" {
             Ok(ValueMatch::Present)
         } else if let Some(re) = spec.strip_prefix('~') {
@@ -121,7 +123,8 @@ impl ValueMatch {
         }
     }
 
-    fn matches(&self, value: &[u8]) -> bool {
+    /// Does `value` satisfy the predicate?
+    pub fn matches(&self, value: &[u8]) -> bool {
         match self {
             ValueMatch::Present => true,
             ValueMatch::Exact(v) => value == v.as_bytes(),
@@ -164,7 +167,7 @@ impl Entry {
 }
 
 /// Raw values of query parameter `name` (not percent-decoded).
-fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v.as_bytes())

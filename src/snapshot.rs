@@ -49,8 +49,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Request duration histogram for this route, resolved at compile time.
     pub duration: Histogram,
-    /// Upstream duration histogram, resolved at compile time.
-    pub upstream_duration: Option<Histogram>,
+    /// Traffic split rules, when configured.
+    pub split: Option<crate::split::Split>,
     /// Some plugin of the chain looks at request body chunks.
     pub body_hooks: bool,
     /// The route's cache policy, when it has the `cache` plugin.

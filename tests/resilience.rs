@@ -229,3 +229,88 @@ fn least_request_sends_less_to_a_slow_backend() {
         "slow share: round robin {rr:.2} ({rf}/{rs}), least request {lr:.2} ({lf}/{ls})"
     );
 }
+
+#[test]
+fn canary_by_header_cookie_weight_and_body_field() {
+    let v1 = Upstream::start("v1");
+    let v2 = Upstream::start("v2");
+    let big = Upstream::start("big");
+    let gw = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "v1"
+backends = ["{}"]
+[[upstreams]]
+name = "v2"
+backends = ["{}"]
+[[upstreams]]
+name = "big"
+backends = ["{}"]
+
+[[routes]]
+name = "api"
+paths = ["/api"]
+upstream = "v1"
+
+[[routes.split]]
+match = {{ headers = {{ x-canary = "1" }} }}
+targets = [{{ upstream = "v2" }}]
+
+[[routes.split]]
+match = {{ cookies = {{ beta = "yes" }} }}
+targets = [{{ upstream = "v2" }}]
+
+[[routes.split]]
+targets = [{{ upstream = "v1", weight = 90 }}, {{ upstream = "v2", weight = 10 }}]
+
+[[routes]]
+name = "llm"
+paths = ["/v1/chat"]
+upstream = "v1"
+
+[[routes.split]]
+match = {{ body = {{ model = "~^big-" }} }}
+targets = [{{ upstream = "big" }}]
+"#,
+        v1.address(),
+        v2.address(),
+        big.address()
+    ));
+    for _ in 0..20 {
+        assert_eq!(
+            gw.request("GET", "/api", &[("x-canary", "1")], b"")
+                .upstream_id(),
+            "v2"
+        );
+        assert_eq!(
+            gw.request("GET", "/api", &[("cookie", "a=b; beta=yes")], b"")
+                .upstream_id(),
+            "v2"
+        );
+    }
+    let (c1, c2) = (v1.count(), v2.count());
+    for _ in 0..1000 {
+        assert_eq!(gw.get("/api").status, 200);
+    }
+    let (n1, n2) = (v1.count() - c1, v2.count() - c2);
+    assert_eq!(n1 + n2, 1000);
+    assert!(
+        (50..=150).contains(&n2),
+        "90/10 split gave v1 {n1}, v2 {n2}"
+    );
+
+    // The body field picks the upstream, and the upstream still receives the whole body.
+    let body = br#"{"model":"big-70b","messages":[]}"#;
+    let r = gw.request(
+        "POST",
+        "/v1/chat",
+        &[("content-type", "application/json")],
+        body,
+    );
+    assert_eq!(r.upstream_id(), "big");
+    assert_eq!(r.json()["body"], String::from_utf8_lossy(body).as_ref());
+    let r = gw.request("POST", "/v1/chat", &[], br#"{"model":"small-1b"}"#);
+    assert_eq!(r.upstream_id(), "v1");
+    let r = gw.request("POST", "/v1/chat", &[], b"not json");
+    assert_eq!((r.status, r.upstream_id()), (200, "v1".to_string()));
+}

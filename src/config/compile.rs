@@ -442,10 +442,15 @@ fn compile_route(
             "acl needs an authentication plugin (key_auth, basic_auth or jwt) on the route",
         ));
     }
-    if r.upstream.is_none() && !chain.iter().any(|p| p.phase() == Phase::Respond) {
+    let split = crate::split::Split::compile(&r.split, at, upstreams, errors);
+    let split_catch_all = split.as_ref().is_some_and(|s| s.has_catch_all());
+    if r.upstream.is_none()
+        && !split_catch_all
+        && !chain.iter().any(|p| p.phase() == Phase::Respond)
+    {
         errors.push(ConfigError::new(
             at,
-            "a route needs an `upstream` or a plugin that answers (such as mock)",
+            "a route needs an `upstream`, a split rule without `match`, or a plugin that answers (such as mock)",
         ));
     }
     if errors.len() > before {
@@ -454,10 +459,8 @@ fn compile_route(
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Some(Route {
         name: Arc::from(r.name.as_str()),
-        upstream_duration: upstream
-            .as_ref()
-            .map(|u| METRICS.upstream_histogram(&u.name)),
         upstream,
+        split,
         rewrite,
         preserve_host: r.preserve_host,
         timeouts: Timeouts {

@@ -311,6 +311,51 @@ pub struct RouteSection {
     /// plugin's own keys.
     #[serde(default)]
     pub plugins: Vec<toml::Value>,
+    /// Traffic split: rules tried in order, the first whose `match` fits picks an upstream
+    /// among its weighted targets; no rule fits → `upstream`.
+    #[serde(default)]
+    pub split: Vec<SplitRuleSection>,
+}
+
+/// `[[routes.split]]`: one traffic-split rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRuleSection {
+    /// Conditions, all of which must hold; none = always.
+    #[serde(default, rename = "match")]
+    pub when: Option<SplitMatchSection>,
+    /// Weighted upstreams.
+    pub targets: Vec<SplitTargetSection>,
+}
+
+/// Conditions of a split rule (values: exact, `*` present, `~regex`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SplitMatchSection {
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Cookies.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+    /// Query parameters.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// JSON body fields (`model`, or dotted `options.tier`); the body must have a
+    /// `Content-Length` of at most 64 KiB.
+    #[serde(default)]
+    pub body: BTreeMap<String, String>,
+}
+
+/// One weighted target of a split rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTargetSection {
+    /// Upstream name.
+    pub upstream: String,
+    /// Relative share.
+    #[serde(default = "default_split_weight")]
+    pub weight: u32,
 }
 
 fn default_listen() -> Vec<String> {
@@ -342,6 +387,9 @@ fn default_pid_file() -> String {
 }
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate_upgrade.sock".to_string()
+}
+fn default_split_weight() -> u32 {
+    1
 }
 fn default_consecutive() -> u32 {
     5

@@ -100,6 +100,8 @@ pub struct UpstreamPool {
     pub breaker: Option<outlier::Breaker>,
     least_request: bool,
     rng: AtomicU64,
+    /// `tollgate_upstream_request_duration_seconds{upstream}`, resolved once.
+    pub duration: prometheus::Histogram,
 }
 
 impl UpstreamPool {
@@ -248,6 +250,7 @@ impl UpstreamPool {
             breaker: sec.circuit_breaker.as_ref().map(outlier::Breaker::new),
             least_request: sec.algorithm == Algorithm::LeastRequest,
             rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
         })
     }
 

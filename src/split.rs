@@ -1,0 +1,188 @@
+//! Traffic split (canary): per route, rules tried in order; the first whose conditions hold
+//! picks an upstream among its weighted targets.
+
+use crate::config::schema::SplitRuleSection;
+use crate::router::{query_values, ValueMatch};
+use crate::upstream::UpstreamPool;
+use http::HeaderName;
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tollgate_plugins::ConfigError;
+
+/// A compiled rule.
+pub struct Rule {
+    headers: Vec<(HeaderName, ValueMatch)>,
+    cookies: Vec<(String, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
+    /// `(JSON pointer, predicate)` on the request body.
+    body: Vec<(String, ValueMatch)>,
+    targets: Vec<(Arc<UpstreamPool>, u64)>,
+    total: u64,
+}
+
+/// The compiled rules of a route.
+pub struct Split {
+    rules: Vec<Rule>,
+    /// Some rule looks at the body, so it must be read before choosing.
+    pub needs_body: bool,
+    counter: AtomicU64,
+}
+
+impl Split {
+    /// Compile `rules` (at `at` = `routes[i]`) against the known upstreams.
+    pub fn compile(
+        rules: &[SplitRuleSection],
+        at: &str,
+        upstreams: &HashMap<String, Arc<UpstreamPool>>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Split> {
+        if rules.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let rat = format!("{at}.split[{i}]");
+            let when = r.when.clone().unwrap_or_default();
+            let mut pred = |map: &std::collections::BTreeMap<String, String>, kind: &str| {
+                let mut v = Vec::new();
+                for (k, spec) in map {
+                    match ValueMatch::parse(spec) {
+                        Ok(m) => v.push((k.clone(), m)),
+                        Err(e) => {
+                            errors.push(ConfigError::new(format!("{rat}.match.{kind}.{k}"), e))
+                        }
+                    }
+                }
+                v
+            };
+            let headers_raw = pred(&when.headers, "headers");
+            let cookies = pred(&when.cookies, "cookies");
+            let query = pred(&when.query, "query");
+            let body: Vec<(String, ValueMatch)> = pred(&when.body, "body")
+                .into_iter()
+                .map(|(k, m)| (format!("/{}", k.replace('.', "/")), m))
+                .collect();
+            let mut headers = Vec::new();
+            for (k, m) in headers_raw {
+                match HeaderName::from_bytes(k.as_bytes()) {
+                    Ok(h) => headers.push((h, m)),
+                    Err(_) => errors.push(ConfigError::new(
+                        format!("{rat}.match.headers.{k}"),
+                        "not a header name",
+                    )),
+                }
+            }
+            if r.targets.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{rat}.targets"),
+                    "a rule needs at least one target",
+                ));
+            }
+            let mut targets = Vec::new();
+            for (j, t) in r.targets.iter().enumerate() {
+                match upstreams.get(&t.upstream) {
+                    Some(u) if t.weight > 0 => targets.push((u.clone(), t.weight as u64)),
+                    Some(_) => errors.push(ConfigError::new(
+                        format!("{rat}.targets[{j}].weight"),
+                        "must be at least 1",
+                    )),
+                    None => errors.push(ConfigError::new(
+                        format!("{rat}.targets[{j}].upstream"),
+                        format!("no upstream named {:?}", t.upstream),
+                    )),
+                }
+            }
+            let total = targets.iter().map(|t| t.1).sum();
+            out.push(Rule {
+                headers,
+                cookies,
+                query,
+                body,
+                targets,
+                total,
+            });
+        }
+        Some(Split {
+            needs_body: out.iter().any(|r| !r.body.is_empty()),
+            rules: out,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Does some rule apply regardless of the request?
+    pub fn has_catch_all(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.headers.is_empty() && r.cookies.is_empty() && r.query.is_empty() && r.body.is_empty()
+        })
+    }
+
+    /// The upstream for this request, if a rule applies. `body` is the parsed JSON body
+    /// when [`Split::needs_body`] and the request had one.
+    pub fn choose(
+        &self,
+        req: &RequestHeader,
+        body: Option<&serde_json::Value>,
+    ) -> Option<Arc<UpstreamPool>> {
+        let rule = self.rules.iter().find(|r| r.matches(req, body))?;
+        if rule.total == 0 {
+            return None;
+        }
+        // A weighted pick from a spread counter: deterministic shares over many requests.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut point = spread(n) % rule.total;
+        for (up, w) in &rule.targets {
+            if point < *w {
+                return Some(up.clone());
+            }
+            point -= w;
+        }
+        None
+    }
+}
+
+/// Scramble a counter so consecutive requests do not walk the targets in order.
+fn spread(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+impl Rule {
+    fn matches(&self, req: &RequestHeader, body: Option<&serde_json::Value>) -> bool {
+        self.headers.iter().all(|(h, m)| {
+            req.headers
+                .get_all(h)
+                .iter()
+                .any(|v| m.matches(v.as_bytes()))
+        }) && self
+            .cookies
+            .iter()
+            .all(|(c, m)| cookie(req, c).is_some_and(|v| m.matches(v)))
+            && self
+                .query
+                .iter()
+                .all(|(q, m)| query_values(req.uri.query().unwrap_or(""), q).any(|v| m.matches(v)))
+            && self.body.iter().all(|(pointer, m)| {
+                body.and_then(|b| b.pointer(pointer))
+                    .is_some_and(|v| match v {
+                        serde_json::Value::String(s) => m.matches(s.as_bytes()),
+                        other => m.matches(other.to_string().as_bytes()),
+                    })
+            })
+    }
+}
