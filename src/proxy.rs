@@ -210,8 +210,23 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // Idle time allowed before the next request on this connection.
+        session.set_keepalive(Some(ctx.snap.server.keepalive_timeout_seconds));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
+        if head_size(req) > ctx.snap.server.max_header_bytes {
+            let e = gateway_error(
+                "headers_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request headers are too large",
+            );
+            session.set_keepalive(None);
+            return self.answer_error(session, ctx, e).await;
+        }
         if let Some(id) = req
             .headers
             .get(REQUEST_ID)
@@ -732,6 +747,14 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// Bytes of the request line and headers, as they were sent (near enough).
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// The largest request body read before choosing an upstream or a cache key: Pingora's

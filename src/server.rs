@@ -70,6 +70,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     let snap = config::load_file(path, &cache).map_err(RunError::Config)?;
     if !upgrade {
         let mut addrs: Vec<&str> = snap.server.listen.iter().map(String::as_str).collect();
+        addrs.extend(snap.server.tls.iter().map(|t| t.listen.as_str()));
         if !snap.server.admin_listen.is_empty() {
             addrs.push(&snap.server.admin_listen);
         }
@@ -121,6 +122,22 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     );
     for addr in &server_cfg.listen {
         proxy.add_tcp(addr);
+    }
+    for t in &server_cfg.tls {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)
+            .map_err(|e| RunError::Bind(format!("TLS listener {}: {e}", t.listen)))?;
+        if t.http2 {
+            settings.enable_h2();
+        }
+        proxy.add_tls_with_settings(&t.listen, None, settings);
+    }
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = server_cfg.h2c;
+        options.keepalive_request_limit =
+            (server_cfg.keepalive_requests > 0).then_some(server_cfg.keepalive_requests);
+        options.h2_idle_timeout = Some(Duration::from_secs(server_cfg.h2_idle_timeout_seconds));
+        app.server_options = Some(options);
     }
     server.add_service(proxy);
     if !server_cfg.admin_listen.is_empty() {
@@ -214,6 +231,9 @@ impl Reloader {
                     || s.access_log != old.access_log
                     || s.pid_file != old.pid_file
                     || s.upgrade_sock != old.upgrade_sock
+                    || s.tls != old.tls
+                    || s.h2c != old.h2c
+                    || s.keepalive_requests != old.keepalive_requests
                 {
                     log::warn!("listeners, threads and access_log changes take effect on restart");
                 }

@@ -31,6 +31,24 @@ pub struct ServerSection {
     /// Seconds that in-flight requests get to finish during a graceful shutdown or upgrade.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u64,
+    /// TLS listeners (HTTPS, with HTTP/2 by ALPN).
+    #[serde(default)]
+    pub tls: Vec<TlsListenerSection>,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge) on the plain listeners.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Close an idle HTTP/1.1 keep-alive connection after this long.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_seconds: u64,
+    /// Close an HTTP/1.1 connection after this many requests (0 = no limit).
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
+    /// Close an idle HTTP/2 connection after this long.
+    #[serde(default = "default_h2_idle")]
+    pub h2_idle_timeout_seconds: u64,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
     /// Size of the process-wide pool of idle upstream connections kept for reuse.
     #[serde(default = "default_pool")]
     pub upstream_keepalive_pool_size: usize,
@@ -50,6 +68,21 @@ pub struct ServerSection {
     /// Unix socket over which listening sockets pass to a new process on upgrade.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+}
+
+/// `[[server.tls]]`: an HTTPS listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerSection {
+    /// `ip:port`.
+    pub listen: String,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// Offer HTTP/2 by ALPN.
+    #[serde(default = "default_true")]
+    pub http2: bool,
 }
 
 /// `[server.access_log]`: one JSON line per request.
@@ -85,6 +118,12 @@ impl Default for ServerSection {
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upstream_keepalive_pool_size: default_pool(),
             trusted_proxies: Vec::new(),
+            tls: Vec::new(),
+            h2c: false,
+            keepalive_timeout_seconds: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
+            h2_idle_timeout_seconds: default_h2_idle(),
+            max_header_bytes: default_max_header_bytes(),
             cache_max_bytes: default_cache_bytes(),
             access_log: AccessLogSection::default(),
             pid_file: default_pid_file(),
@@ -170,6 +209,12 @@ pub struct UpstreamSection {
     /// Active health check; none means every backend counts as healthy.
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
+    /// Speak HTTP/2 to the backends (by ALPN over TLS, or h2c with prior knowledge).
+    #[serde(default)]
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection to a backend.
+    #[serde(default = "default_h2_streams")]
+    pub max_h2_streams: usize,
     /// Passive health (outlier detection) from real traffic.
     #[serde(default)]
     pub passive_health: Option<PassiveHealthSection>,
@@ -379,6 +424,18 @@ fn default_pool() -> usize {
 fn default_access_log_path() -> String {
     "-".to_string()
 }
+fn default_keepalive_timeout() -> u64 {
+    60
+}
+fn default_keepalive_requests() -> u32 {
+    10_000
+}
+fn default_h2_idle() -> u64 {
+    300
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
 fn default_cache_bytes() -> usize {
     tollgate_plugins::cache::storage::DEFAULT_MAX_BYTES
 }
@@ -387,6 +444,9 @@ fn default_pid_file() -> String {
 }
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate_upgrade.sock".to_string()
+}
+fn default_h2_streams() -> usize {
+    100
 }
 fn default_split_weight() -> u32 {
     1

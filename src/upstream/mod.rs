@@ -172,6 +172,15 @@ impl UpstreamPool {
             peer.options.idle_timeout = Some(Duration::from_millis(sec.idle_timeout_ms));
             peer.options.verify_cert = sec.verify_cert;
             peer.options.verify_hostname = sec.verify_cert;
+            if sec.http2 {
+                // TLS negotiates by ALPN; plaintext needs prior knowledge (h2c).
+                peer.options.alpn = if sec.tls {
+                    pingora::protocols::ALPN::H2H1
+                } else {
+                    pingora::protocols::ALPN::H2
+                };
+                peer.options.max_h2_streams = sec.max_h2_streams.max(1);
+            }
             let Ok(host_value) = HeaderValue::from_str(&sa.to_string()) else {
                 continue;
             };
