@@ -68,6 +68,8 @@ pub struct Ctx {
     breaker_counted: bool,
     /// Status of the upstream's response, if one came.
     upstream_status: Option<u16>,
+    /// Status/timeout retries used.
+    retries_used: u32,
     tried: Vec<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_elapsed: Option<Duration>,
@@ -199,6 +201,7 @@ impl ProxyHttp for Gateway {
             breaker_probe: false,
             breaker_counted: false,
             upstream_status: None,
+            retries_used: 0,
             tried: Vec::new(),
             upstream_start: None,
             upstream_elapsed: None,
@@ -382,6 +385,20 @@ impl ProxyHttp for Gateway {
         if t.write.is_some() {
             peer.options.write_timeout = t.write;
         }
+        if let Some(deadline) = route.retry.deadline {
+            // Every attempt gets at most what is left of the request's deadline.
+            let left = deadline.saturating_sub(ctx.start.elapsed());
+            if left.is_zero() {
+                ctx.error = Some("upstream_timeout");
+                return Error::e_explain(ErrorType::ReadTimedout, "request deadline passed");
+            }
+            for slot in [
+                &mut peer.options.connection_timeout,
+                &mut peer.options.read_timeout,
+            ] {
+                *slot = Some(slot.map_or(left, |t| t.min(left)));
+            }
+        }
         ctx.backend = Some(backend);
         if let Some(previous) = ctx.backend_index.replace(index) {
             upstream.end(previous);
@@ -390,6 +407,40 @@ impl ProxyHttp for Gateway {
         ctx.attempt_reported = false;
         ctx.upstream_start.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let retry_timeout = ctx.route().is_some_and(|r| {
+            r.retry.on_timeout
+                && ctx.retries_used < r.retry.max
+                && r.retry.deadline.is_none_or(|d| ctx.start.elapsed() < d)
+        });
+        let replayable = session_idempotent(session) && !session.as_ref().retry_buffer_truncated();
+        // Never once the client got response bytes: a retry would corrupt the response.
+        if session.response_written().is_some() || !replayable {
+            e.set_retry(false);
+        } else if retry_timeout && matches!(e.etype(), ErrorType::ReadTimedout) {
+            ctx.retries_used += 1;
+            if let Some(b) = &ctx.backend {
+                ctx.tried.push(b.addr.clone());
+            }
+            if let (Some(up), Some(i)) = (&ctx.upstream, ctx.backend_index) {
+                up.report(i, false);
+                ctx.attempt_reported = true;
+            }
+            e.set_retry(true);
+        } else if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn fail_to_connect(
@@ -594,12 +645,32 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if let Some(route) = ctx.route() {
+            let p = &route.retry;
+            if p.on_status.contains(&status)
+                && ctx.retries_used < p.max
+                && session_idempotent(session)
+                && p.deadline.is_none_or(|d| ctx.start.elapsed() < d)
+            {
+                ctx.retries_used += 1;
+                if let (Some(up), Some(i)) = (&ctx.upstream, ctx.backend_index) {
+                    up.report(i, status < 500);
+                }
+                ctx.attempt_reported = true;
+                if let Some(b) = &ctx.backend {
+                    ctx.tried.push(b.addr.clone());
+                }
+                let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         if let Some(up) = &ctx.upstream {
             if let Some(i) = ctx.backend_index {
                 up.report(i, status < 500);
@@ -747,6 +818,10 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+fn session_idempotent(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
 }
 
 /// Bytes of the request line and headers, as they were sent (near enough).

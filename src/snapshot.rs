@@ -33,6 +33,19 @@ pub struct Timeouts {
     pub write: Option<Duration>,
 }
 
+/// When to try another backend after an attempt got an answer or timed out.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    /// Statuses that trigger a retry (idempotent methods only).
+    pub on_status: Vec<u16>,
+    /// Read timeouts trigger a retry (idempotent methods only).
+    pub on_timeout: bool,
+    /// Budget of such retries per request.
+    pub max: u32,
+    /// Overall deadline including retries.
+    pub deadline: Option<Duration>,
+}
+
 /// A compiled route.
 pub struct Route {
     /// Route name.
@@ -49,6 +62,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Request duration histogram for this route, resolved at compile time.
     pub duration: Histogram,
+    /// Retry policy for answered or timed-out attempts.
+    pub retry: RetryPolicy,
     /// Traffic split rules, when configured.
     pub split: Option<crate::split::Split>,
     /// Some plugin of the chain looks at request body chunks.

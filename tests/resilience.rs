@@ -314,3 +314,79 @@ targets = [{{ upstream = "big" }}]
     let r = gw.request("POST", "/v1/chat", &[], b"not json");
     assert_eq!((r.status, r.upstream_id()), (200, "v1".to_string()));
 }
+
+#[test]
+fn retries_on_status_and_timeout_respect_methods_and_the_deadline() {
+    let bad = Knob::start(503, 0);
+    let good = Knob::start(200, 0);
+    let slow1 = Knob::start(200, 600);
+    let slow2 = Knob::start(200, 600);
+    let gw = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "mixed"
+backends = ["{}", "{}"]
+
+[[upstreams]]
+name = "slow"
+backends = ["{}", "{}"]
+
+[[routes]]
+name = "r"
+paths = ["/r"]
+upstream = "mixed"
+retry_on_status = [503]
+max_retries = 1
+
+[[routes]]
+name = "d"
+paths = ["/d"]
+upstream = "slow"
+read_timeout_ms = 400
+retry_on_timeout = true
+max_retries = 3
+deadline_ms = 700
+"#,
+        bad.addr, good.addr, slow1.addr, slow2.addr
+    ));
+    for _ in 0..10 {
+        assert_eq!(
+            gw.get("/r").status,
+            200,
+            "a 503 attempt is retried on the other backend"
+        );
+    }
+    assert!(
+        bad.count() >= 4,
+        "the 503 backend was tried: {}",
+        bad.count()
+    );
+    let before = bad.count();
+    let posts: Vec<u16> = (0..10)
+        .map(|_| gw.request("POST", "/r", &[], b"x").status)
+        .collect();
+    assert!(posts.contains(&503), "a POST is never retried: {posts:?}");
+    assert_eq!(
+        bad.count() - before,
+        posts.iter().filter(|s| **s == 503).count()
+    );
+
+    let t = Instant::now();
+    let r = gw.get("/d");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(650),
+        "retried within the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1100),
+        "the deadline includes retries: {took:?}"
+    );
+    assert_eq!(
+        slow1.count() + slow2.count(),
+        2,
+        "two attempts fit in 700 ms"
+    );
+}

@@ -3,7 +3,7 @@
 use super::schema::{RouteSection, ServerSection, UpstreamSection};
 use crate::metrics::METRICS;
 use crate::router::Router;
-use crate::snapshot::{PathRewrite, Route, Snapshot, Timeouts};
+use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, Timeouts};
 use crate::upstream::{UpstreamCache, UpstreamPool};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -442,6 +442,14 @@ fn compile_route(
             "acl needs an authentication plugin (key_auth, basic_auth or jwt) on the route",
         ));
     }
+    for (i, st) in r.retry_on_status.iter().enumerate() {
+        if !(500..600).contains(st) && *st != 429 {
+            errors.push(ConfigError::new(
+                format!("{at}.retry_on_status[{i}]"),
+                "only 429 and 5xx statuses can be retried",
+            ));
+        }
+    }
     let split = crate::split::Split::compile(&r.split, at, upstreams, errors);
     let split_catch_all = split.as_ref().is_some_and(|s| s.has_catch_all());
     if r.upstream.is_none()
@@ -461,6 +469,12 @@ fn compile_route(
         name: Arc::from(r.name.as_str()),
         upstream,
         split,
+        retry: RetryPolicy {
+            on_status: r.retry_on_status.clone(),
+            on_timeout: r.retry_on_timeout,
+            max: r.max_retries,
+            deadline: (r.deadline_ms > 0).then(|| Duration::from_millis(r.deadline_ms)),
+        },
         rewrite,
         preserve_host: r.preserve_host,
         timeouts: Timeouts {

@@ -356,6 +356,20 @@ pub struct RouteSection {
     /// plugin's own keys.
     #[serde(default)]
     pub plugins: Vec<toml::Value>,
+    /// Retry idempotent requests answered with one of these statuses on another backend
+    /// (opt-in; e.g. `[502, 503, 504]`).
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
+    /// Retry idempotent requests whose upstream read timed out (opt-in).
+    #[serde(default)]
+    pub retry_on_timeout: bool,
+    /// At most this many status/timeout retries per request.
+    #[serde(default = "default_route_retries")]
+    pub max_retries: u32,
+    /// Overall time limit for the request including its retries (0 = none); past it the
+    /// answer is 504.
+    #[serde(default)]
+    pub deadline_ms: u64,
     /// Traffic split: rules tried in order, the first whose `match` fits picks an upstream
     /// among its weighted targets; no rule fits → `upstream`.
     #[serde(default)]
@@ -447,6 +461,9 @@ fn default_upgrade_sock() -> String {
 }
 fn default_h2_streams() -> usize {
     100
+}
+fn default_route_retries() -> u32 {
+    1
 }
 fn default_split_weight() -> u32 {
     1
