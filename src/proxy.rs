@@ -169,17 +169,7 @@ fn hash_key<'a>(
         },
         HashOn::Path => req.uri.path().as_bytes(),
         HashOn::Header(name) => req.headers.get(name).map_or(&[], |v| v.as_bytes()),
-        HashOn::Cookie(name) => req
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-            })
-            .unwrap_or(&[]),
+        HashOn::Cookie(name) => tollgate_plugins::req::cookie(req, name).unwrap_or(&[]),
     }
 }
 

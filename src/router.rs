@@ -14,6 +14,7 @@ use http::{HeaderName, Method};
 use pingora::http::RequestHeader;
 use regex::Regex;
 use std::cmp::Reverse;
+use tollgate_plugins::req::query_values;
 use tollgate_plugins::ConfigError;
 
 /// How a route's host is matched.
@@ -157,21 +158,13 @@ impl Entry {
                     .any(|v| m.matches(v.as_bytes()))
             })
             && self.query.iter().all(|(name, m)| {
-                query_values(req.uri.query().unwrap_or(""), name).any(|v| m.matches(v))
+                query_values(req.uri.query().unwrap_or(""), name).any(|v| m.matches(v.as_bytes()))
             })
     }
 
     fn method_ok(&self, method: &Method) -> bool {
         self.methods.is_empty() || self.methods.contains(method)
     }
-}
-
-/// Raw values of query parameter `name` (not percent-decoded).
-pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    query.split('&').filter_map(move |pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v.as_bytes())
-    })
 }
 
 /// What the router decided.
@@ -319,30 +312,8 @@ impl Router {
     }
 }
 
-/// The host a request is for: the `Host` header (or the URI authority for HTTP/2), without
-/// port or trailing dot. Borrowed, never allocated.
-pub fn request_host(req: &RequestHeader) -> &str {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-        .unwrap_or("");
-    strip_port(raw)
-}
-
-fn strip_port(host: &str) -> &str {
-    let h = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets' content.
-        match host.find(']') {
-            Some(i) => &host[1..i],
-            None => host,
-        }
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    h.strip_suffix('.').unwrap_or(h)
-}
+/// The host a request is for, without port or trailing dot.
+pub use tollgate_plugins::req::host as request_host;
 
 /// True when the path has a `.` or `..` segment (also percent-encoded), which a backend might
 /// resolve into a path that no route allowed; such requests are refused with 400.
@@ -457,8 +428,6 @@ mod tests {
 
     #[test]
     fn hosts_and_dots() {
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port("a.b.:80"), "a.b");
         assert!(has_dot_segment("/a/../b"));
         assert!(has_dot_segment("/a/%2E%2e/b"));
         assert!(!has_dot_segment("/a/..b/c.d"));

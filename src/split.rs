@@ -2,13 +2,14 @@
 //! picks an upstream among its weighted targets.
 
 use crate::config::schema::SplitRuleSection;
-use crate::router::{query_values, ValueMatch};
+use crate::router::ValueMatch;
 use crate::upstream::UpstreamPool;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tollgate_plugins::req::{cookie, query_values};
 use tollgate_plugins::ConfigError;
 
 /// A compiled rule.
@@ -150,18 +151,6 @@ fn spread(n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-        })
-}
-
 impl Rule {
     fn matches(&self, req: &RequestHeader, body: Option<&serde_json::Value>) -> bool {
         self.headers.iter().all(|(h, m)| {
@@ -173,10 +162,9 @@ impl Rule {
             .cookies
             .iter()
             .all(|(c, m)| cookie(req, c).is_some_and(|v| m.matches(v)))
-            && self
-                .query
-                .iter()
-                .all(|(q, m)| query_values(req.uri.query().unwrap_or(""), q).any(|v| m.matches(v)))
+            && self.query.iter().all(|(q, m)| {
+                query_values(req.uri.query().unwrap_or(""), q).any(|v| m.matches(v.as_bytes()))
+            })
             && self.body.iter().all(|(pointer, m)| {
                 body.and_then(|b| b.pointer(pointer))
                     .is_some_and(|v| match v {

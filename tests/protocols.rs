@@ -139,3 +139,37 @@ fn oversized_headers_get_431_and_connection_limits_apply() {
         t.elapsed()
     );
 }
+
+/// A client that never finishes its request head is cut off (Pingora's fixed 60 s timeout for
+/// a connection's first request head), and does not hold the gateway up meanwhile.
+#[test]
+fn slow_header_client_is_cut_off() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nname = \"u\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npaths = [\"/\"]\nupstream = \"u\"\n",
+        up.address()
+    ));
+    let mut slow = TcpStream::connect(gw.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(75)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-partial: ")
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(
+        gw.get("/").status,
+        200,
+        "other clients are served meanwhile"
+    );
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let took = t.elapsed();
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        took < Duration::from_secs(70),
+        "slow client held its connection for {took:?}"
+    );
+}

@@ -117,11 +117,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         };
     let anonymous = ctx
         .consumers
-        .anonymous(cfg.anonymous.as_deref())
-        .unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
+        .named(cfg.anonymous.as_deref(), "anonymous", &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

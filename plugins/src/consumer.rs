@@ -313,16 +313,22 @@ impl Consumers {
         self.jwt.get(key)
     }
 
-    /// Resolve an `anonymous = "<consumer>"` setting of an auth plugin.
-    pub fn anonymous(&self, name: Option<&str>) -> Result<Option<Arc<Consumer>>, ConfigError> {
-        match name {
-            None => Ok(None),
-            Some(n) => self.get(n).cloned().map(Some).ok_or_else(|| {
-                ConfigError::new(
-                    "anonymous",
-                    format!("no consumer named {n:?} (define it in [[consumers]])"),
-                )
-            }),
+    /// Resolve a plugin setting that names a consumer (`anonymous = "guest"`); an unknown
+    /// name is an error at `key`.
+    pub fn named(
+        &self,
+        name: Option<&str>,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Arc<Consumer>> {
+        let n = name?;
+        let found = self.get(n).cloned();
+        if found.is_none() {
+            errors.push(ConfigError::new(
+                key,
+                format!("no consumer named {n:?} (define it in [[consumers]])"),
+            ));
         }
+        found
     }
 }

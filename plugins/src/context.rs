@@ -56,20 +56,6 @@ impl fmt::Debug for RequestId {
     }
 }
 
-/// The host a request is for (`Host`, or the URI authority for HTTP/2), without port.
-pub fn host_of(req: &pingora::http::RequestHeader) -> &str {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-        .unwrap_or("");
-    if raw.starts_with('[') {
-        return raw.split(']').next().map_or(raw, |h| &h[1..]);
-    }
-    raw.split(':').next().unwrap_or(raw)
-}
-
 /// What plugins know about the request besides the headers they are handed.
 #[derive(Debug)]
 pub struct RequestCtx {

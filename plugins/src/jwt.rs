@@ -10,7 +10,8 @@
 //!   audience mismatch, which is 403; an unreachable JWKS with no usable cached copy is 503.
 
 use crate::consumer::{Consumer, Consumers};
-use crate::key_auth::{query_value, strip_query_param};
+use crate::key_auth::strip_query_param;
+use crate::req::{cookie, query_value};
 use crate::{
     parse_config, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
 };
@@ -408,18 +409,10 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     }
     let anonymous = ctx
         .consumers
-        .anonymous(cfg.anonymous.as_deref())
-        .unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
-    let jwks_consumer = match ctx.consumers.anonymous(cfg.jwks_consumer.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            errors.push(ConfigError::new("jwks_consumer", e.message));
-            None
-        }
-    };
+        .named(cfg.anonymous.as_deref(), "anonymous", &mut errors);
+    let jwks_consumer =
+        ctx.consumers
+            .named(cfg.jwks_consumer.as_deref(), "jwks_consumer", &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -506,18 +499,8 @@ impl Jwt {
             }
         }
         if let Some(name) = &self.cookie {
-            let found = req
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    (k == name).then_some(v)
-                });
-            if found.is_some() {
-                return found;
+            if let Some(v) = cookie(req, name).and_then(|v| std::str::from_utf8(v).ok()) {
+                return Some(v);
             }
         }
         let q = self.query_param.as_deref()?;

@@ -62,11 +62,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     }
     let anonymous = ctx
         .consumers
-        .anonymous(cfg.anonymous.as_deref())
-        .unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
+        .named(cfg.anonymous.as_deref(), "anonymous", &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -77,14 +73,6 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         anonymous,
         consumers: ctx.consumers.clone(),
     }))
-}
-
-/// The raw value of query parameter `name`, if present.
-pub(crate) fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
 }
 
 /// `query` without parameter `name` (for `hide_credentials`).
@@ -101,7 +89,7 @@ pub(crate) fn strip_query_param(req: &mut RequestHeader, name: &str) {
     let Some(q) = req.uri.query() else {
         return;
     };
-    if query_value(q, name).is_none() {
+    if crate::req::query_value(q, name).is_none() {
         return;
     }
     let rest = query_without(q, name);
@@ -138,7 +126,7 @@ impl Plugin for KeyAuth {
             .find_map(|h| req.headers.get(h).map(|v| v.as_bytes()))
             .or_else(|| {
                 let q = self.query_param.as_deref()?;
-                query_value(req.uri.query()?, q).map(str::as_bytes)
+                crate::req::query_value(req.uri.query()?, q).map(str::as_bytes)
             });
         match presented {
             None => Auth::Missing(unauthorized(
@@ -177,8 +165,6 @@ mod tests {
 
     #[test]
     fn query_helpers() {
-        assert_eq!(query_value("a=1&apikey=k&b", "apikey"), Some("k"));
-        assert_eq!(query_value("a=1", "apikey"), None);
         assert_eq!(query_without("a=1&apikey=k&b", "apikey"), "a=1&b");
     }
 

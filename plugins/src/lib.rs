@@ -28,6 +28,7 @@ pub mod mock;
 pub mod plugin;
 pub mod rate_limit;
 pub mod registry;
+pub mod req;
 pub mod request_size;
 
 pub use answer::Answer;

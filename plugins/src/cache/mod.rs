@@ -272,7 +272,7 @@ impl CachePolicy {
     fn push_url(&self, s: &mut String, req: &RequestHeader) {
         s.push_str(&self.route);
         s.push('\0');
-        s.push_str(crate::context::host_of(req));
+        s.push_str(crate::req::host(req));
         s.push('\0');
         s.push_str(req.uri.path());
         s.push('?');

@@ -1,0 +1,78 @@
+//! Small readers of request parts shared by the router, plugins and the proxy. They borrow
+//! from the request and allocate nothing.
+
+use pingora::http::RequestHeader;
+
+/// The host a request is for: the `Host` header (or the URI authority for HTTP/2), without
+/// port or trailing dot.
+pub fn host(req: &RequestHeader) -> &str {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    let h = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets' content.
+        match raw.find(']') {
+            Some(i) => &raw[1..i],
+            None => raw,
+        }
+    } else {
+        raw.split(':').next().unwrap_or(raw)
+    };
+    h.strip_suffix('.').unwrap_or(h)
+}
+
+/// Raw values of query parameter `name` in `query` (not percent-decoded).
+pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The first raw value of query parameter `name`.
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The value of cookie `name` (all `Cookie` headers are searched).
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers() {
+        let mut r = RequestHeader::build("GET", b"/p?a=1&k=v&k=w&flag", None).unwrap();
+        r.insert_header("host", "Example.com.:8080").unwrap();
+        r.append_header("cookie", "a=1; session=abc").unwrap();
+        r.append_header("cookie", "b=2").unwrap();
+        assert_eq!(host(&r), "Example.com");
+        let q = r.uri.query().unwrap();
+        assert_eq!(query_values(q, "k").collect::<Vec<_>>(), ["v", "w"]);
+        assert_eq!(query_value(q, "flag"), Some(""));
+        assert_eq!(query_value(q, "none"), None);
+        assert_eq!(cookie(&r, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&r, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&r, "sess"), None);
+        let mut v6 = RequestHeader::build("GET", b"/", None).unwrap();
+        v6.insert_header("host", "[::1]:80").unwrap();
+        assert_eq!(host(&v6), "::1");
+    }
+}
