@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::upstream::UpstreamCache;
 
+/// mimalloc keeps RSS flat under churn and makes the many small per-request allocations
+/// cheaper than glibc's allocator (the largest user-space cost in profiles of the proxy).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "conf/tollgate.toml";
 
 #[derive(Parser)]

@@ -62,8 +62,10 @@ pub fn is_supported_hash(hash: &str) -> bool {
 
 /// Hash a password for `[[consumers]] basic_auth.password_hash` (argon2id, random salt).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt =
-        SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(|e| e.to_string())?;
+    // The salt must be unpredictable: take it from the operating system.
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&raw).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())

@@ -16,15 +16,26 @@ impl RequestId {
     /// Longest id accepted from a client; a longer one is replaced by a generated id.
     pub const MAX_LEN: usize = 64;
 
-    /// A fresh random id (UUID v4, hyphenated, lower case).
+    /// A fresh random id in UUID v4 form (hyphenated, lower case). The bits come from a
+    /// thread-local generator seeded once, not a system call per request: ids must be
+    /// unique, not secret.
     pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bits = fastrand::u128(..).to_be_bytes();
+        bits[6] = (bits[6] & 0x0f) | 0x40; // version 4
+        bits[8] = (bits[8] & 0x3f) | 0x80; // RFC 4122 variant
         let mut buf = [0u8; Self::MAX_LEN];
-        let s = uuid::Uuid::new_v4();
-        let len = s.hyphenated().encode_lower(&mut buf[..]).len();
-        RequestId {
-            buf,
-            len: len as u8,
+        let mut n = 0;
+        for (i, b) in bits.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                buf[n] = b'-';
+                n += 1;
+            }
+            buf[n] = HEX[(b >> 4) as usize];
+            buf[n + 1] = HEX[(b & 0xf) as usize];
+            n += 2;
         }
+        RequestId { buf, len: n as u8 }
     }
 
     /// Take the client's id when it is short and printable (so it is safe in headers and logs).
@@ -96,6 +107,12 @@ mod tests {
     fn request_ids() {
         let g = RequestId::generate();
         assert_eq!(g.as_str().len(), 36);
+        let parts: Vec<&str> = g.as_str().split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "version 4: {}", g.as_str());
         assert_ne!(g.as_str(), RequestId::generate().as_str());
         assert_eq!(RequestId::from_client(b"abc-1").unwrap().as_str(), "abc-1");
         assert!(RequestId::from_client(b"").is_none());
