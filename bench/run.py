@@ -1,0 +1,709 @@
+#!/usr/bin/env python3
+"""Benchmark driver for tollgate (stdlib only). Normally started by bench/run.sh, which builds
+the binaries first and bounds the whole run in time.
+
+Starts an nginx upstream, the reference proxies (nginx, the bare Pingora "floor") and
+tollgate, all on free 127.0.0.1 ports, then runs wrk against every target in interleaved
+rounds and prints / writes a table. Every process it starts is recorded in $BENCH_TMP/pids
+(run.sh's EXIT trap kills those too) and killed on exit.
+
+Environment:
+  DURATION   wrk duration per run          (default 10s)
+  ROUNDS     interleaved rounds            (default 3)
+  CONNS      connection counts, comma list (default 64,256)
+  WARMUP     warm-up per target and conns before the rounds, 0 to skip (default 1s)
+  TARGETS    only run targets whose name contains one of these comma-separated words
+  QUIET_WAIT seconds to wait at the start for other processes to stop using CPU (default 60)
+  TOLLGATE_ACCESS_LOG=1   let tollgate write its access log to a file in the temp dir
+                          (default: access log disabled)
+  BENCH_TMP  temp dir for configs, logs, pid files (run.sh makes one)
+  TOLLGATE_BIN, BENCH_REV   binary to measure and its label (run.sh sets both)
+"""
+
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+TOLLGATE_BIN = os.environ.get("TOLLGATE_BIN") or os.path.join(ROOT, "target", "release", "tollgate")
+FLOOR_BIN = os.path.join(BENCH, "floor", "target", "release", "tollgate-bench-floor")
+
+# The body every target answers with (nginx upstream and tollgate's mock route alike).
+BODY = "hello"
+
+
+# ---------------------------------------------------------------------------------------------
+# tollgate scenarios. Adding one is a one-line change: a route named after the scenario is
+# generated with prefix path "/<name>"; proxied routes strip that prefix and go to the nginx
+# upstream ("origin"); `plugins` is the inside of a TOML inline array; `headers` are sent by wrk
+# (e.g. an API key); `expect` are response headers checked once before the load starts;
+# `config` is extra top-level TOML the scenario needs (e.g. [[consumers]]).
+@dataclass
+class Scenario:
+    name: str
+    path: str
+    proxied: bool
+    plugins: str = ""
+    headers: dict = field(default_factory=dict)
+    expect: dict = field(default_factory=dict)
+    config: str = ""
+
+
+SCENARIOS = [
+    Scenario("hello", "/hello", False, f'{{ name = "mock", status = 200, content_type = "text/plain", body = "{BODY}" }}'),
+    Scenario("proxy", "/proxy/hello", True),
+    Scenario("chain", "/chain/hello", True, '{ name = "headers", request = { set = { "x-bench" = "1" } }, response = { set = { "x-served-by" = "tollgate" } } }', expect={"x-served-by": "tollgate"}),
+    # More plugins (need a build that has them):
+    # Scenario("auth", "/auth/hello", True, '{ name = "key_auth" }', headers={"apikey": "bench-key"}, config='[[consumers]]\nusername = "bench"\nkeys = ["bench-key"]'),
+    # Scenario("limit", "/limit/hello", True, '{ name = "rate_limit", second = 1000000000 }'),
+]
+
+# ---------------------------------------------------------------------------------------------
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def env_seconds(s):
+    """wrk duration ("10s", "1m", "500ms" is not wrk syntax; plain number = seconds)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", s.strip())
+    if not m:
+        sys.exit(f"cannot parse duration {s!r} (use e.g. 10s, 1m)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+DURATION = os.environ.get("DURATION", "10s")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+CONNS = [int(c) for c in os.environ.get("CONNS", "64,256").split(",") if c.strip()]
+WARMUP = os.environ.get("WARMUP", "1s")
+TARGET_FILTER = [t.strip() for t in os.environ.get("TARGETS", "").split(",") if t.strip()]
+ACCESS_LOG = os.environ.get("TOLLGATE_ACCESS_LOG", "") not in ("", "0")
+TMP = os.environ.get("BENCH_TMP", "")  # main() makes one when unset
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OTHER_CPU_WARN = 10  # % of one core used by foreign processes during a run
+QUIET_WAIT = float(os.environ.get("QUIET_WAIT", "60"))
+
+STARTED = []  # Popen objects, in start order
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, argv):
+    out = open(os.path.join(TMP, f"{name}.out"), "wb")
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    STARTED.append(p)
+    with open(os.path.join(TMP, "pids"), "a") as f:
+        f.write(f"{p.pid}\n")
+    log(f"  started {name} (pid {p.pid}): {' '.join(argv)}")
+    return p
+
+
+def stop_all():
+    # SIGINT is a fast shutdown for both nginx and Pingora (SIGTERM would make Pingora drain
+    # gracefully for several seconds).
+    for p in reversed(STARTED):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + 5
+    for p in reversed(STARTED):
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    STARTED.clear()
+    # All reaped: run.sh's trap must not signal these pids any more (they may be reused).
+    if TMP and os.path.exists(os.path.join(TMP, "pids")):
+        open(os.path.join(TMP, "pids"), "w").close()
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc accounting
+def children_of(pid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        # field 4 (ppid) comes after the ")" that ends the command name
+        if int(st.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(d))
+    return kids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # after ")": fields[0] is state (field 3), so utime (14) and stime (15) are [11], [12]
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def busy_seconds():
+    """CPU time all processes of the machine spent (user + nice + system, all CPUs), from
+    /proc/stat. irq/softirq time is left out: with IRQ time accounting it is not charged to
+    any process, and here it is mostly the loopback traffic of the bench itself."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2]) / CLK_TCK
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def own_cpu():
+    """CPU of everything this bench started (all servers) plus reaped children (wrk)."""
+    total = children_cpu()
+    for p in STARTED:
+        pids = [p.pid] + children_of(p.pid)
+        try:
+            total += cpu_seconds(pids)
+        except OSError:
+            pass
+    return total
+
+
+def rss_mib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def wait_quiet():
+    """Before starting anything: wait (up to QUIET_WAIT s) until other processes use less than
+    OTHER_CPU_WARN % of a core, so the run does not share the machine with a build."""
+    deadline = time.time() + QUIET_WAIT
+    while True:
+        b0, c0, t0 = busy_seconds(), children_cpu(), time.time()
+        time.sleep(2)
+        pct = ((busy_seconds() - b0) - (children_cpu() - c0)) / (time.time() - t0) * 100
+        if pct < OTHER_CPU_WARN:
+            return
+        if time.time() >= deadline:
+            log(f"WARNING: the machine is busy ({pct:.0f}% of a core used by other processes); running anyway")
+            return
+        log(f"  machine busy ({pct:.0f}% of a core used by other processes), waiting up to {deadline - time.time():.0f}s more")
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+@dataclass
+class Target:
+    name: str
+    port: int
+    path: str
+    proc: subprocess.Popen
+    pids: list  # processes whose CPU and RSS are measured
+    headers: dict = field(default_factory=dict)
+    expect: dict = field(default_factory=dict)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+
+NGINX_COMMON = """
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_timeout 65s;
+    keepalive_requests 100000000;
+    client_body_temp_path {tmp}/{name}-body;
+    proxy_temp_path {tmp}/{name}-proxy;
+    fastcgi_temp_path {tmp}/{name}-fastcgi;
+    uwsgi_temp_path {tmp}/{name}-uwsgi;
+    scgi_temp_path {tmp}/{name}-scgi;
+{body}
+}}
+"""
+
+UPSTREAM_HTTP = """
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+"""
+
+PROXY_HTTP = """
+    upstream origin {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+
+def start_nginx(name, body):
+    conf = os.path.join(TMP, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_COMMON.format(tmp=TMP, name=name, body=body))
+    return start(name, ["nginx", "-p", TMP, "-e", os.path.join(TMP, f"{name}-error.log"), "-c", conf])
+
+
+def tollgate_config(port, upstream_port, state_files=True):
+    lines = [
+        "# written by bench/run.py",
+        "[server]",
+        f'listen = ["127.0.0.1:{port}"]',
+        'admin_listen = ""',
+        "threads = 1",
+        'log_level = "warn"',
+    ]
+    if state_files:  # keep tollgate's pid file and upgrade socket in the temp dir
+        lines += [f'pid_file = "{TMP}/tollgate.pid"', f'upgrade_sock = "{TMP}/tollgate_upgrade.sock"']
+    lines += [
+        "",
+        "[server.access_log]",
+        f"enabled = {'true' if ACCESS_LOG else 'false'}",
+        f'path = "{os.path.join(TMP, "tollgate-access.log")}"',
+        "",
+        "[[upstreams]]",
+        'name = "origin"',
+        f'backends = ["127.0.0.1:{upstream_port}"]',
+    ]
+    for s in SCENARIOS:
+        lines += ["", "[[routes]]", f'name = "{s.name}"', f'paths = ["/{s.name}"]']
+        if s.proxied:
+            lines += ['upstream = "origin"', "strip_prefix = true"]
+        lines.append(f"plugins = [{s.plugins}]")
+    for s in SCENARIOS:
+        if s.config:
+            lines += ["", s.config]
+    return "\n".join(lines) + "\n"
+
+
+def write_tollgate_config(path, port, upstream_port):
+    """Write the config and validate it with `tollgate check`. Builds older than the
+    pid_file / upgrade_sock settings reject those keys: then write it without them."""
+    for state_files in (True, False):
+        with open(path, "w") as f:
+            f.write(tollgate_config(port, upstream_port, state_files))
+        r = subprocess.run([TOLLGATE_BIN, "check", "-c", path], capture_output=True, text=True, timeout=30)
+        if r.returncode == 0:
+            if not state_files:
+                log("  note: this tollgate build has no pid_file/upgrade_sock settings; it uses its defaults in /tmp")
+            return
+        if not state_files or not re.search(r"pid_file|upgrade_sock", r.stdout + r.stderr):
+            break
+    sys.exit(f"tollgate rejected the bench config {path}:\n{r.stdout}{r.stderr}")
+
+
+def http_get(port, path, headers):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace"), {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        c.close()
+
+
+def wait_ready(t, timeout=20):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if t.proc.poll() is not None:
+            sys.exit(f"{t.name}: process exited with {t.proc.returncode}; see {TMP}")
+        try:
+            status, body, hdrs = http_get(t.port, t.path, t.headers)
+            if status == 200:
+                if body.strip() != BODY:
+                    sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {BODY!r}")
+                for k, v in t.expect.items():
+                    if hdrs.get(k) != v:
+                        sys.exit(f"{t.name}: response header {k}={hdrs.get(k)!r}, expected {v!r}")
+                return
+            last = f"status {status}: {body[:200]!r}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    sys.exit(f"{t.name}: {t.url} not ready after {timeout}s ({last}); see {TMP}")
+
+
+def start_targets():
+    up_port, ngx_port, floor_port, tg_port = (free_port() for _ in range(4))
+    log("starting processes")
+    up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
+    ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
+    floor = start("floor", [FLOOR_BIN, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}", TMP])
+    cfg = os.path.join(TMP, "tollgate.toml")
+    write_tollgate_config(cfg, tg_port, up_port)
+    tg = start("tollgate", [TOLLGATE_BIN, "run", "-c", cfg])
+
+    targets = [
+        Target("direct (nginx upstream)", up_port, "/hello", up, []),
+        Target("nginx proxy", ngx_port, "/hello", ngx, []),
+        Target("pingora floor", floor_port, "/hello", floor, [floor.pid]),
+    ]
+    for s in SCENARIOS:
+        targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect))
+    for t in targets:
+        wait_ready(t)
+    # nginx: measure master + worker(s); the workers exist once the port answers.
+    for t, p in ((targets[0], up), (targets[1], ngx)):
+        t.pids = [p.pid] + children_of(p.pid)
+    if TARGET_FILTER:
+        targets = [t for t in targets if any(w in t.name for w in TARGET_FILTER)]
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_wrk(out):
+    def grab(pattern, conv=float, default=None):
+        m = re.search(pattern, out, re.M)
+        return conv(m.group(1)) if m else default
+
+    def lat(pct):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.M)
+        return float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
+
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": grab(r"^Requests/sec:\s+([\d.]+)"),
+        "requests": grab(r"^\s+(\d+) requests in", int),
+        "p50_ms": lat(50),
+        "p99_ms": lat(99),
+        "non2xx": grab(r"Non-2xx or 3xx responses: (\d+)", int, 0),
+        "sock_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+    }
+
+
+def run_wrk(t, conns, duration, raw_name=None):
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}", "--latency"]
+    for k, v in t.headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    argv.append(t.url)
+    if t.proc.poll() is not None:
+        sys.exit(f"{t.name}: process died (exit {t.proc.returncode}); see {TMP}")
+
+    rss_max = [0.0]
+    stop = threading.Event()
+
+    def sample_rss():
+        while not stop.is_set():
+            try:
+                rss_max[0] = max(rss_max[0], rss_mib(t.pids))
+            except OSError:
+                pass
+            stop.wait(0.25)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    own0, busy0, t0 = own_cpu(), busy_seconds(), time.time()
+    cpu0 = cpu_seconds(t.pids)
+    sampler.start()
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=env_seconds(duration) + 30)
+    finally:
+        stop.set()
+        sampler.join()
+    cpu1 = cpu_seconds(t.pids)
+    own1, busy1, t1 = own_cpu(), busy_seconds(), time.time()
+    if res.returncode != 0:
+        sys.exit(f"wrk failed ({res.returncode}): {res.stderr}")
+    if raw_name:
+        with open(os.path.join(RAW_DIR, raw_name), "w") as f:
+            f.write(" ".join(argv) + "\n" + res.stdout)
+    r = parse_wrk(res.stdout)
+    if r["rps"] is None or r["requests"] is None:
+        sys.exit(f"cannot parse wrk output:\n{res.stdout}")
+    r["cpu_s"] = cpu1 - cpu0
+    r["cpu_per_10k"] = (cpu1 - cpu0) / r["requests"] * 10000 if r["requests"] else None
+    r["rss_mib"] = max(rss_max[0], rss_mib(t.pids))
+    # CPU used by processes this bench did not start (another build, a test suite...), in % of
+    # one core: when it is not near 0, the run shared the machine and its numbers are suspect.
+    r["other_cpu_pct"] = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0) * 100)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+def sh(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def git_rev():
+    """The measured source: BENCH_REV (set by run.sh when REV= builds a clean export of a
+    commit), else HEAD plus "-dirty" if the working tree's sources differ from it."""
+    if os.environ.get("BENCH_REV"):
+        return os.environ["BENCH_REV"]
+    if os.environ.get("TOLLGATE_BIN"):
+        return "custom-bin"  # a binary from elsewhere: the checkout says nothing about it
+    rev = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "norev"
+    dirty = sh(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "plugins", "Cargo.toml", "Cargo.lock"])
+    return rev + ("-dirty" if dirty else "")
+
+
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def build_rows(targets, results):
+    rows = []
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    summary = {}
+    for conns in CONNS:
+        for t in targets:
+            everything = results[(t.name, conns)]
+            # Rounds during which other processes used the CPU are left out when at least one
+            # round was quiet; the "rounds" column says how many were used.
+            rs = [r for r in everything if r["other_cpu_pct"] < OTHER_CPU_WARN] or everything
+            summary[(t.name, conns)] = {
+                "used": f"{len(rs)}/{len(everything)}",
+                "rps": med([r["rps"] for r in rs]),
+                "rps_min": min(r["rps"] for r in rs),
+                "rps_max": max(r["rps"] for r in rs),
+                "p50": med([r["p50_ms"] for r in rs if r["p50_ms"] is not None]),
+                "p99": med([r["p99_ms"] for r in rs if r["p99_ms"] is not None]),
+                "cpu": med([r["cpu_per_10k"] for r in rs if r["cpu_per_10k"] is not None]),
+                "rss": max(r["rss_mib"] for r in everything),
+                "errors": sum(r["non2xx"] + r["sock_errors"] for r in everything),
+                "other": max(r["other_cpu_pct"] for r in rs),
+            }
+    for conns in CONNS:
+        ngx = summary.get(("nginx proxy", conns), {}).get("rps")
+        flo = summary.get(("pingora floor", conns), {}).get("rps")
+        for t in targets:
+            s = summary[(t.name, conns)]
+            spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 100 if s["rps"] and not s["used"].startswith("1/") else None
+            rows.append([
+                t.name,
+                str(conns),
+                fmt(s["rps"], ",.0f"),
+                "—" if spread is None else "±" + format(spread / 2, ".1f") + "%",
+                fmt(s["p50"], ".2f"),
+                fmt(s["p99"], ".2f"),
+                fmt(s["cpu"], ".3f"),
+                fmt(s["rss"], ".1f"),
+                fmt(s["rps"] / ngx if ngx else None, ".2f"),
+                fmt(s["rps"] / flo if flo else None, ".2f"),
+                str(s["errors"]),
+                s["used"],
+                fmt(s["other"], ".0f") + "%",
+            ])
+    return rows, summary
+
+
+HEADERS = ["target", "conns", "RPS (median)", "spread", "p50 ms", "p99 ms", "CPU s/10k req",
+           "RSS MiB", "vs nginx", "vs floor", "errors", "rounds", "other CPU"]
+
+
+def text_table(rows):
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+    line = lambda cells: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
+    out = [line(HEADERS), line(["-" * x for x in w])]
+    prev = None
+    for r in rows:
+        if prev is not None and r[1] != prev:
+            out.append("")
+        out.append(line(r))
+        prev = r[1]
+    return "\n".join(out)
+
+
+def md_table(rows):
+    out = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def chart(targets, summary, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not available: no chart")
+        return False
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(CONNS)
+    for i, conns in enumerate(CONNS):
+        xs = [j + i * width for j in range(len(targets))]
+        ax.bar(xs, [summary[(t.name, conns)]["rps"] for t in targets], width, label=f"-c{conns}")
+    ax.set_xticks([j + width * (len(CONNS) - 1) / 2 for j in range(len(targets))])
+    ax.set_xticklabels([t.name for t in targets], rotation=20, ha="right")
+    ax.set_ylabel("requests/s (median)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+def main():
+    global RAW_DIR, TMP
+    if not TMP:
+        TMP = tempfile.mkdtemp(prefix="tollgate-bench.")
+        log(f"temp dir {TMP} (kept)")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for b in (TOLLGATE_BIN, FLOOR_BIN):
+        if not os.access(b, os.X_OK):
+            sys.exit(f"missing binary {b}: run bench/run.sh (it builds both)")
+
+    date = datetime.date.today().isoformat()
+    rev = git_rev()
+    default = DURATION == "10s" and ROUNDS == 3 and CONNS == [64, 256] and not TARGET_FILTER
+    stem = f"{date}-{rev}" + ("" if default else f"-d{DURATION}-r{ROUNDS}")
+    results_dir = os.path.join(BENCH, "results")
+    RAW_DIR = os.path.join(results_dir, "raw", stem)
+    os.makedirs(RAW_DIR, exist_ok=True)
+
+    wait_quiet()
+    targets = start_targets()
+    n_runs = len(targets) * len(CONNS) * ROUNDS
+    est = n_runs * (env_seconds(DURATION) + 0.5)
+    if WARMUP not in ("", "0", "0s"):
+        est += len(targets) * len(CONNS) * (env_seconds(WARMUP) + 0.5)
+    log(f"{len(targets)} targets x {len(CONNS)} conns x {ROUNDS} rounds of {DURATION}: ~{est / 60:.1f} min")
+
+    if WARMUP not in ("", "0", "0s"):
+        log(f"warm-up ({WARMUP} each)")
+        for conns in CONNS:
+            for t in targets:
+                run_wrk(t, conns, WARMUP)
+
+    results = {(t.name, c): [] for t in targets for c in CONNS}
+    started = time.time()
+    i = 0
+    for rnd in range(1, ROUNDS + 1):
+        for conns in CONNS:
+            for t in targets:
+                i += 1
+                slug = re.sub(r"[^a-z0-9]+", "-", t.name.lower()).strip("-")
+                r = run_wrk(t, conns, DURATION, f"r{rnd}-c{conns}-{slug}.txt")
+                results[(t.name, conns)].append(r)
+                log(f"  [{i}/{n_runs}] round {rnd} -c{conns} {t.name:<24} {r['rps']:>10,.0f} req/s  "
+                    f"p50 {fmt(r['p50_ms'], '.2f')} ms  p99 {fmt(r['p99_ms'], '.2f')} ms  "
+                    f"cpu {fmt(r['cpu_per_10k'], '.3f')} s/10k  rss {r['rss_mib']:.1f} MiB  other {r['other_cpu_pct']:.0f}%"
+                    + (f"  ERRORS {r['non2xx']} non-2xx, {r['sock_errors']} socket" if r["non2xx"] or r["sock_errors"] else ""))
+    elapsed = time.time() - started
+
+    rows, summary = build_rows(targets, results)
+    with open(os.path.join(RAW_DIR, "results.json"), "w") as f:
+        json.dump({f"{k[0]} c{k[1]}": v for k, v in results.items()}, f, indent=1)
+
+    table = text_table(rows)
+    print()
+    print(table)
+    print()
+
+    cpu_model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    png = os.path.join(results_dir, stem + ".png")
+    has_chart = chart(targets, summary, png)
+    md = [
+        f"# tollgate benchmark {date} ({rev})",
+        "",
+        f"- machine: {os.cpu_count()} CPUs ({cpu_model}), {platform.system()} {platform.release()}",
+        f"- {sh(['nginx', '-v']) or sh(['sh', '-c', 'nginx -v 2>&1'])}, {sh(['sh', '-c', 'wrk --version 2>&1 | head -1']).split(' Copyright')[0]}, {sh(['rustc', '--version'])}",
+        f"- load: `wrk -t1 -c<conns> -d{DURATION} --latency`, {ROUNDS} interleaved round(s), warm-up {WARMUP or '0'}; "
+        f"{len(targets)} targets, {elapsed / 60:.1f} min of load",
+        "- every proxy: 1 worker thread/process, upstream keepalive pool 256, access log off; "
+        f"tollgate access log {'ON (file)' if ACCESS_LOG else 'off'}, log_level warn",
+        f"- upstream: nginx (1 worker) answering `{BODY}` (200, text/plain) on every path",
+        "",
+        "RPS, p50, p99 and CPU are medians over the rounds used (rounds = used/run: a round during which "
+        f"processes outside the bench used {OTHER_CPU_WARN}% of a core or more is left out, unless all were); spread is ±half the min–max range of RPS "
+        "in % of the median; RSS is the peak VmRSS sampled during the runs; `vs nginx` / `vs floor` "
+        "are RPS ratios to the nginx proxy / bare Pingora floor at the same connection count; "
+        "errors = non-2xx responses + socket errors summed over all rounds; other CPU = the most CPU "
+        "(in % of one core) that processes outside the bench used during a round used: near 0 "
+        "means the machine was quiet. "
+        "For `direct` the CPU/RSS are the upstream nginx's own. See bench/README.md.",
+        "",
+        md_table(rows),
+        "",
+    ]
+    if has_chart:
+        md += [f"![requests/s]({stem}.png)", ""]
+    md_path = os.path.join(results_dir, stem + ".md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(md))
+    log(f"wrote {os.path.relpath(md_path, ROOT)} (raw wrk output: {os.path.relpath(RAW_DIR, ROOT)}/)")
+    if any(r[-3] != "0" for r in rows):
+        log("WARNING: some runs had errors (see the errors column)")
+    if any(s["other"] >= OTHER_CPU_WARN for s in summary.values()):
+        log(f"WARNING: for some rows every round had other processes using over {OTHER_CPU_WARN}% "
+            "of a core (see the other CPU column): the machine was not quiet, those numbers are suspect")
+    elif any(not s["used"].startswith(str(ROUNDS)) for s in summary.values()):
+        log("note: some rounds were left out because other processes used the CPU (see the rounds column)")
+
+
+def time_bound():
+    """Upper bound for a whole run with the current settings, in seconds (for run.sh)."""
+    n_targets = 3 + len(SCENARIOS)
+    per_target = ROUNDS * (env_seconds(DURATION) + 2) + (env_seconds(WARMUP) + 2 if WARMUP not in ("", "0", "0s") else 0)
+    return int(n_targets * len(CONNS) * per_target + QUIET_WAIT + 120)
+
+
+RAW_DIR = None
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--time-bound"]:
+        print(time_bound())
+        sys.exit(0)
+    try:
+        main()
+    finally:
+        stop_all()
