@@ -942,3 +942,34 @@ fn no_secret_appears_in_logs() {
         );
     }
 }
+
+#[test]
+fn remembered_jwt_still_expires() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        consumers(&hash_password(PASSWORD)),
+        upstream_section(&up),
+        route("jwt", "/jwt", r#"{ name = "jwt", clock_skew_seconds = 0 }"#),
+    ));
+    let t = token(
+        Algorithm::RS256,
+        Some("alice-rs"),
+        serde_json::json!({"exp": now() + 2}),
+        &pem_key(Algorithm::RS256, "rsa_private.pem"),
+    );
+    for _ in 0..3 {
+        // Verified once, then served from the verification cache.
+        assert_eq!(
+            gw.request("GET", "/jwt", &[("authorization", &bearer(&t))], b"")
+                .status,
+            200
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    assert_error(
+        &gw.request("GET", "/jwt", &[("authorization", &bearer(&t))], b""),
+        401,
+        "token_expired",
+    );
+}

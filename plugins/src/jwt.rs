@@ -27,7 +27,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Registered name.
 pub const NAME: &str = "jwt";
@@ -328,6 +328,17 @@ struct JwtConfig {
     anonymous: Option<String>,
     #[serde(default)]
     hide_credentials: bool,
+    #[serde(default = "default_cache_ttl")]
+    cache_ttl_seconds: u64,
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+}
+
+fn default_cache_ttl() -> u64 {
+    60
+}
+fn default_cache_size() -> usize {
+    10_000
 }
 
 fn default_true() -> bool {
@@ -366,6 +377,58 @@ pub struct Jwt {
     anonymous: Option<Arc<Consumer>>,
     hide_credentials: bool,
     consumers: Arc<Consumers>,
+    cache: VerifiedCache,
+}
+
+const SHARDS: usize = 16;
+
+/// Tokens verified recently, by SHA-256 of the token: signature checks (RSA above all) are
+/// far more expensive than the rest of a request, and clients send the same token many
+/// times. An entry lives until the token expires or `cache_ttl_seconds`, whichever is first;
+/// a reload starts a new, empty cache.
+struct VerifiedCache {
+    ttl: Duration,
+    shard_cap: usize,
+    shards: Vec<Mutex<HashMap<[u8; 32], (Instant, Identity)>>>,
+}
+
+impl VerifiedCache {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Identity> {
+        let shard = self.shards[key[0] as usize % SHARDS].lock().ok()?;
+        let (until, id) = shard.get(key)?;
+        (Instant::now() < *until).then(|| id.clone())
+    }
+
+    fn put(&self, key: [u8; 32], identity: &Identity, exp: Option<u64>, leeway: u64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let life = match exp {
+            Some(exp) => self
+                .ttl
+                .min(Duration::from_secs((exp + leeway).saturating_sub(now_unix))),
+            None => self.ttl,
+        };
+        let Ok(mut shard) = self.shards[key[0] as usize % SHARDS].lock() else {
+            return;
+        };
+        if shard.len() >= self.shard_cap {
+            let now = Instant::now();
+            shard.retain(|_, (until, _)| *until > now);
+            if shard.len() >= self.shard_cap {
+                shard.clear();
+            }
+        }
+        shard.insert(key, (Instant::now() + life, identity.clone()));
+    }
 }
 
 /// Constructor for the registry.
@@ -455,6 +518,11 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         anonymous,
         hide_credentials: cfg.hide_credentials,
         consumers: ctx.consumers.clone(),
+        cache: VerifiedCache {
+            ttl: Duration::from_secs(cfg.cache_ttl_seconds),
+            shard_cap: cfg.cache_size.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        },
     }))
 }
 
@@ -554,6 +622,10 @@ impl Plugin for Jwt {
             );
             return Auth::Missing(a);
         };
+        let cache_key = VerifiedCache::key(token);
+        if let Some(identity) = self.cache.get(&cache_key) {
+            return Auth::Authenticated(identity);
+        }
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(e) => {
@@ -681,11 +753,15 @@ impl Plugin for Jwt {
                 }
             }
         };
-        Auth::Authenticated(Identity {
+        let identity = Identity {
             consumer,
             credential: Some(key.credential.clone()),
             anonymous: false,
-        })
+        };
+        let exp = data.claims.get("exp").and_then(|v| v.as_u64());
+        self.cache
+            .put(cache_key, &identity, exp, self.validation.leeway);
+        Auth::Authenticated(identity)
     }
 
     fn anonymous(&self) -> Option<&Arc<Consumer>> {
