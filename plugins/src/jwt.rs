@@ -389,8 +389,11 @@ const SHARDS: usize = 16;
 struct VerifiedCache {
     ttl: Duration,
     shard_cap: usize,
-    shards: Vec<Mutex<HashMap<[u8; 32], (Instant, Identity)>>>,
+    shards: Vec<Mutex<HashMap<[u8; 32], Remembered>>>,
 }
+
+/// A verified token: valid until, and who it authenticates.
+type Remembered = (Instant, Identity);
 
 impl VerifiedCache {
     fn key(token: &str) -> [u8; 32] {
