@@ -67,10 +67,54 @@ SCENARIOS = [
     Scenario("hello", "/hello", False, f'{{ name = "mock", status = 200, content_type = "text/plain", body = "{BODY}" }}'),
     Scenario("proxy", "/proxy/hello", True),
     Scenario("chain", "/chain/hello", True, '{ name = "headers", request = { set = { "x-bench" = "1" } }, response = { set = { "x-served-by" = "tollgate" } } }', expect={"x-served-by": "tollgate"}),
-    # More plugins (need a build that has them):
-    # Scenario("auth", "/auth/hello", True, '{ name = "key_auth" }', headers={"apikey": "bench-key"}, config='[[consumers]]\nusername = "bench"\nkeys = ["bench-key"]'),
-    # Scenario("limit", "/limit/hello", True, '{ name = "rate_limit", second = 1000000000 }'),
+    Scenario("keyauth", "/keyauth/hello", True, '"key_auth"', headers={"apikey": "bench-key-0001"}),
+    Scenario("jwths", "/jwths/hello", True, '"jwt"', headers={"authorization": "Bearer {JWT_HS256}"}),
+    Scenario("jwtrs", "/jwtrs/hello", True, '"jwt"', headers={"authorization": "Bearer {JWT_RS256}"}),
+    Scenario("ratelimit", "/ratelimit/hello", True, '{ name = "rate_limit", second = 1000000000 }', expect={"x-ratelimit-limit": "1000000000"}),
+    Scenario("redislimit", "/redislimit/hello", True, '{ name = "rate_limit", second = 1000000000, policy = "redis", redis = { url = "redis://127.0.0.1:{REDIS_PORT}", timeout_ms = 200 }, on_store_error = "closed" }', expect={"x-ratelimit-limit": "1000000000"}),
+    # The full chain of issue 7: key_auth + a local rate limit that never triggers + headers
+    # (+ metrics; the access log too with TOLLGATE_ACCESS_LOG=1).
+    Scenario("fullchain", "/fullchain/hello", True, '"key_auth", { name = "rate_limit", limit_by = "consumer", second = 1000000000 }, { name = "headers", response = { set = { "x-served-by" = "tollgate" } } }', headers={"apikey": "bench-key-0001"}, expect={"x-served-by": "tollgate"}),
+    Scenario("cachehit", "/cachehit/hello", True, '{ name = "cache", default_ttl_seconds = 3600 }', expect={"x-cache-status": "HIT"}),
 ]
+
+# Consumers for the auth scenarios: an API key, an HS256 secret and an RS256 key (the test
+# fixtures' key pair; tokens are signed by this script).
+JWT_SECRET = "bench-hs256-secret-0123456789abcdef"
+RSA_PRIVATE = os.path.join(ROOT, "tests", "fixtures", "jwt", "rsa_private.pem")
+RSA_PUBLIC = os.path.join(ROOT, "tests", "fixtures", "jwt", "rsa_public.pem")
+CONSUMERS = f"""
+[[consumers]]
+username = "bench"
+keys = ["bench-key-0001"]
+jwt = [
+  {{ key = "bench-hs", algorithm = "HS256", secret = "{JWT_SECRET}" }},
+  {{ key = "bench-rs", algorithm = "RS256", public_key_file = "{RSA_PUBLIC}" }},
+]
+"""
+
+
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_tokens():
+    """An HS256 and an RS256 token for the bench consumer, valid for a day."""
+    import hashlib, hmac, json
+    claims = b64url(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+    tokens = {}
+    for alg, kid in (("HS256", "bench-hs"), ("RS256", "bench-rs")):
+        head = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+        signing_input = f"{head}.{claims}".encode()
+        if alg == "HS256":
+            sig = hmac.new(JWT_SECRET.encode(), signing_input, hashlib.sha256).digest()
+        else:
+            sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", RSA_PRIVATE], input=signing_input,
+                                 capture_output=True, check=True).stdout
+        tokens[f"JWT_{alg}"] = f"{head}.{claims}.{b64url(sig)}"
+    return tokens
+
 
 # ---------------------------------------------------------------------------------------------
 def log(msg):
@@ -261,6 +305,8 @@ UPSTREAM_HTTP = """
         listen 127.0.0.1:{port} backlog=4096;
         location / {{
             default_type text/plain;
+            # Lets tollgate's cache scenario store the answer; the others ignore it.
+            add_header Cache-Control "public, max-age=3600";
             return 200 "{body}";
         }}
     }}
@@ -319,7 +365,8 @@ def tollgate_config(port, upstream_port, state_files=True):
     for s in SCENARIOS:
         if s.config:
             lines += ["", s.config]
-    return "\n".join(lines) + "\n"
+    lines += [CONSUMERS]
+    return "\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT)) + "\n"
 
 
 def write_tollgate_config(path, port, upstream_port):
@@ -359,10 +406,13 @@ def wait_ready(t, timeout=20):
             if status == 200:
                 if body.strip() != BODY:
                     sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {BODY!r}")
-                for k, v in t.expect.items():
-                    if hdrs.get(k) != v:
-                        sys.exit(f"{t.name}: response header {k}={hdrs.get(k)!r}, expected {v!r}")
-                return
+                wrong = [(k, hdrs.get(k), v) for k, v in t.expect.items() if hdrs.get(k) != v]
+                if not wrong:
+                    return
+                # e.g. a cache that answers MISS first and HIT from then on
+                last = f"response headers {wrong}"
+                time.sleep(0.1)
+                continue
             last = f"status {status}: {body[:200]!r}"
         except OSError as e:
             last = str(e)
@@ -370,9 +420,17 @@ def wait_ready(t, timeout=20):
     sys.exit(f"{t.name}: {t.url} not ready after {timeout}s ({last}); see {TMP}")
 
 
+REDIS_PORT = 0
+
+
 def start_targets():
-    up_port, ngx_port, floor_port, tg_port = (free_port() for _ in range(4))
+    global REDIS_PORT
+    up_port, ngx_port, floor_port, tg_port, REDIS_PORT = (free_port() for _ in range(5))
     log("starting processes")
+    start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    tokens = jwt_tokens()
+    for s in SCENARIOS:
+        s.headers = {k: v.format(**tokens) if "{JWT_" in v else v for k, v in s.headers.items()}
     up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
     floor = start("floor", [FLOOR_BIN, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}", TMP])
