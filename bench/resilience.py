@@ -34,6 +34,10 @@ class Threaded(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # Clients hang up mid-stream on purpose (first event read, wrk stopping): not news.
+        pass
+
 
 class Sse(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

@@ -113,6 +113,7 @@ impl Gateway {
         }
         resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
         self.finish_header(&mut resp, ctx);
+        close_if_draining(session);
         let head = session.req_header().method == http::Method::HEAD;
         let no_body = head || answer.body.is_empty();
         session
@@ -502,7 +503,8 @@ impl ProxyHttp for Gateway {
             };
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if let Some(h) = original_host {
             upstream_request.insert_header("x-forwarded-host", h)?;
         }
@@ -685,6 +687,7 @@ impl ProxyHttp for Gateway {
             cache_status(session, upstream_response, ctx, &policy);
         }
         self.finish_header(upstream_response, ctx);
+        close_if_draining(session);
         Ok(())
     }
 
@@ -807,6 +810,14 @@ impl ProxyHttp for Gateway {
                 error: ctx.error,
             });
         }
+    }
+}
+
+/// After SIGQUIT/SIGTERM every response closes its connection, so keep-alive clients
+/// reconnect (to the new process, during an upgrade) instead of being cut off later.
+fn close_if_draining(session: &mut Session) {
+    if crate::server::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        session.set_keepalive(None);
     }
 }
 

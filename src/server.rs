@@ -30,6 +30,11 @@ pub fn init_logging(level: &str) {
     let _ = b.try_init();
 }
 
+/// Set when SIGQUIT (graceful upgrade) or SIGTERM arrives: from then on every response
+/// closes its connection, so keep-alive clients reconnect (to the new process, during an
+/// upgrade) instead of being cut off when this process stops.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
 /// Set once the reload task listens for SIGHUP; readiness waits for it, because a SIGHUP
 /// before that would end the process (the default action).
 static RELOAD_ARMED: AtomicBool = AtomicBool::new(false);
@@ -114,6 +119,12 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    // Pingora writes the pid file only when it daemonizes; tollgate runs in the foreground.
+    if !server_cfg.pid_file.is_empty() {
+        if let Err(e) = std::fs::write(&server_cfg.pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid file {}: {e}", server_cfg.pid_file);
+        }
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -274,6 +285,17 @@ impl BackgroundService for Reloader {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = watch_file(&self.path, tx);
+        // Pingora handles these signals; this second handler only marks the drain.
+        for kind in [SignalKind::quit(), SignalKind::terminate()] {
+            if let Ok(mut sig) = signal(kind) {
+                tokio::spawn(async move {
+                    if sig.recv().await.is_some() {
+                        DRAINING.store(true, Ordering::Release);
+                        log::info!("draining: responses now close their connections");
+                    }
+                });
+            }
+        }
         RELOAD_ARMED.store(true, Ordering::Release);
         loop {
             tokio::select! {

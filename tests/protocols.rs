@@ -74,6 +74,7 @@ fn http2_over_tls_and_h2c_and_to_upstreams() {
     ]);
     assert_eq!((v.as_str(), code.as_str()), ("2", "200"), "{body}");
     assert!(body.contains("/over-tls"), "{body}");
+    assert!(body.contains(r#""x-forwarded-proto":"https""#), "{body}");
     let (v, code, _) = curl(&["--http2-prior-knowledge", &format!("http://{}/h2c", a.addr)]);
     assert_eq!((v.as_str(), code.as_str()), ("2", "200"));
     let (v, code, _) = curl(&[&format!("http://{}/h1", a.addr)]);
