@@ -794,7 +794,6 @@ impl Plugin for Jwt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
 
     #[test]
     fn alg_of_unparsable_headers() {
