@@ -66,6 +66,8 @@ pub struct Ctx {
     breaker_probe: bool,
     /// The circuit breaker was consulted (the request counts for it).
     breaker_counted: bool,
+    /// The request's outcome was given to the circuit breaker.
+    breaker_recorded: bool,
     /// Status of the upstream's response, if one came.
     upstream_status: Option<u16>,
     /// Status/timeout retries used.
@@ -191,6 +193,7 @@ impl ProxyHttp for Gateway {
             attempt_reported: false,
             breaker_probe: false,
             breaker_counted: false,
+            breaker_recorded: false,
             upstream_status: None,
             retries_used: 0,
             tried: Vec::new(),
@@ -663,11 +666,12 @@ impl ProxyHttp for Gateway {
                 return Err(e);
             }
         }
-        if let Some(up) = &ctx.upstream {
+        if let Some(up) = ctx.upstream.clone() {
             if let Some(i) = ctx.backend_index {
                 up.report(i, status < 500);
                 ctx.attempt_reported = true;
             }
+            record_breaker(&up, ctx, status < 500);
             if let Some(start) = ctx.upstream_start {
                 let elapsed = start.elapsed();
                 ctx.upstream_elapsed = Some(elapsed);
@@ -878,21 +882,28 @@ fn settle_upstream(up: &UpstreamPool, ctx: &mut Ctx) {
             up.report(i, ok);
         }
     }
-    if ctx.breaker_counted && ctx.backend.is_some() {
-        if let Some(breaker) = &up.breaker {
-            if let Some(circuit) = breaker.record(ctx.breaker_probe, ok) {
-                log::warn!("upstream {} circuit is now {circuit:?}", up.name);
-                let value = match circuit {
-                    Circuit::Closed => 0,
-                    Circuit::Open => 1,
-                    Circuit::HalfOpen => 2,
-                };
-                METRICS
-                    .circuit_state
-                    .with_label_values(&[&*up.name])
-                    .set(value);
-            }
-        }
+    record_breaker(up, ctx, ok);
+}
+
+/// Tell the circuit breaker how the request went, once per request. Called as soon as the
+/// upstream's response header arrives (so the next request already sees the new state), or
+/// at the end of a request that got no response.
+fn record_breaker(up: &UpstreamPool, ctx: &mut Ctx, ok: bool) {
+    if !ctx.breaker_counted || ctx.breaker_recorded || ctx.backend.is_none() {
+        return;
+    }
+    ctx.breaker_recorded = true;
+    let Some(breaker) = &up.breaker else {
+        return;
+    };
+    if let Some(circuit) = breaker.record(ctx.breaker_probe, ok) {
+        log::warn!("upstream {} circuit is now {circuit:?}", up.name);
+        let value = match circuit {
+            Circuit::Closed => 0,
+            Circuit::Open => 1,
+            Circuit::HalfOpen => 2,
+        };
+        METRICS.circuit_state.with_label_values(&[&*up.name]).set(value);
     }
 }
 
