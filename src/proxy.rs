@@ -903,7 +903,10 @@ fn record_breaker(up: &UpstreamPool, ctx: &mut Ctx, ok: bool) {
             Circuit::Open => 1,
             Circuit::HalfOpen => 2,
         };
-        METRICS.circuit_state.with_label_values(&[&*up.name]).set(value);
+        METRICS
+            .circuit_state
+            .with_label_values(&[&*up.name])
+            .set(value);
     }
 }
 

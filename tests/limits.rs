@@ -418,7 +418,10 @@ fn concurrency_limit_refuses_the_excess() {
         assert_eq!(t.join().unwrap(), 200);
     }
     // Slots are released when requests end (just after the client has its answer).
-    assert!(wait_until(Duration::from_secs(3), || gw.get("/slow/10").status == 200));
+    assert!(wait_until(Duration::from_secs(3), || gw
+        .get("/slow/10")
+        .status
+        == 200));
     assert_eq!(
         gw.metric(
             "tollgate_requests_rejected_total",
