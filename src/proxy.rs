@@ -771,10 +771,13 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let code = StatusCode::from_u16(status).ok();
         let status_label = code.as_ref().map_or("0", |s| s.as_str());
-        METRICS
-            .requests
-            .with_label_values(&[route_name, method_label(&req.method), status_label])
-            .inc();
+        match route {
+            Some(r) => r.counters.count(route_name, method_label(&req.method), status_label),
+            None => METRICS
+                .requests
+                .with_label_values(&[route_name, method_label(&req.method), status_label])
+                .inc(),
+        }
         if let Some(code) = ctx.error {
             METRICS
                 .gateway_errors
@@ -1023,7 +1026,10 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
 
 fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     for h in IDENTITY_HEADERS {
-        req.remove_header(h);
+        // Usually absent: a lookup is cheaper than a removal from both header maps.
+        if req.headers.contains_key(h) {
+            req.remove_header(h);
+        }
     }
     let Some(id) = &ctx.identity else {
         return Ok(());

@@ -62,6 +62,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Request duration histogram for this route, resolved at compile time.
     pub duration: Histogram,
+    /// Request counters for this route, resolved at compile time.
+    pub counters: crate::metrics::RouteCounters,
     /// Retry policy for answered or timed-out attempts.
     pub retry: RetryPolicy,
     /// Traffic split rules, when configured.

@@ -483,6 +483,7 @@ fn compile_route(
             write: ms(r.write_timeout_ms),
         },
         duration: METRICS.route_duration(&r.name),
+        counters: crate::metrics::RouteCounters::new(&r.name),
         body_hooks: chain.iter().any(|p| p.wants_request_body()),
         cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
         chain: chain.into_boxed_slice(),
