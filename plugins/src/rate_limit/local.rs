@@ -28,7 +28,8 @@ struct Entry {
 
 /// The process's local counters.
 pub struct LocalStore {
-    shards: Vec<Mutex<HashMap<(u64, String), Entry>>>,
+    /// Per shard: scope → key → counts (nested so a lookup borrows the key, no allocation).
+    shards: Vec<Mutex<HashMap<u64, HashMap<String, Entry>>>>,
 }
 
 /// The one local store of the process.
@@ -44,16 +45,23 @@ impl LocalStore {
             // A poisoned lock means a panic elsewhere; do not take the gateway down with it.
             return Decision::allow_all(windows);
         };
-        if map.len() >= SWEEP_AT {
+        let scoped = map.entry(scope).or_default();
+        if scoped.len() >= SWEEP_AT {
             let horizon = windows.iter().map(|w| w.ms).max().unwrap_or(0) * 2;
-            map.retain(|_, e| now_ms.saturating_sub(e.last_ms) < horizon);
+            scoped.retain(|_, e| now_ms.saturating_sub(e.last_ms) < horizon);
         }
-        let entry = map
-            .entry((scope, key.to_string()))
-            .or_insert_with(|| Entry {
-                windows: vec![Counts::default(); windows.len()],
-                last_ms: now_ms,
-            });
+        if !scoped.contains_key(key) {
+            scoped.insert(
+                key.to_string(),
+                Entry {
+                    windows: vec![Counts::default(); windows.len()],
+                    last_ms: now_ms,
+                },
+            );
+        }
+        let Some(entry) = scoped.get_mut(key) else {
+            return Decision::allow_all(windows);
+        };
         if entry.windows.len() != windows.len() {
             entry.windows = vec![Counts::default(); windows.len()];
         }
