@@ -242,7 +242,10 @@ impl RouteCounters {
                 return;
             }
         }
-        METRICS.requests.with_label_values(&[route, method, status]).inc();
+        METRICS
+            .requests
+            .with_label_values(&[route, method, status])
+            .inc();
     }
 }
 

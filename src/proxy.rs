@@ -772,7 +772,9 @@ impl ProxyHttp for Gateway {
         let code = StatusCode::from_u16(status).ok();
         let status_label = code.as_ref().map_or("0", |s| s.as_str());
         match route {
-            Some(r) => r.counters.count(route_name, method_label(&req.method), status_label),
+            Some(r) => r
+                .counters
+                .count(route_name, method_label(&req.method), status_label),
             None => METRICS
                 .requests
                 .with_label_values(&[route_name, method_label(&req.method), status_label])
