@@ -88,19 +88,6 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-impl Snapshot {
-    /// An empty snapshot, answering 404 to everything (used before the first config loads).
-    pub fn empty() -> Self {
-        Snapshot {
-            server: ServerSection::default(),
-            router: Router::default(),
-            routes: Vec::new(),
-            upstreams: Vec::new(),
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
 /// Apply `rewrite` to `path` matched by `matcher`; `None` means unchanged.
 pub fn rewrite_path<'a>(
     rewrite: &PathRewrite,

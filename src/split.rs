@@ -3,7 +3,7 @@
 
 use crate::config::schema::SplitRuleSection;
 use crate::router::ValueMatch;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{spread, UpstreamPool};
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -141,14 +141,6 @@ impl Split {
         }
         None
     }
-}
-
-/// Scramble a counter so consecutive requests do not walk the targets in order.
-fn spread(n: u64) -> u64 {
-    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl Rule {

@@ -258,7 +258,7 @@ impl UpstreamPool {
                 .map(outlier::PassiveHealth::from),
             breaker: sec.circuit_breaker.as_ref().map(outlier::Breaker::new),
             least_request: sec.algorithm == Algorithm::LeastRequest,
-            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            rng: AtomicU64::new(0),
             duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
         })
     }
@@ -287,13 +287,9 @@ impl UpstreamPool {
         let candidates: Vec<usize> = (0..self.backends.len())
             .filter(|&i| eligible(&self.backends[i].1, self.is_healthy(&self.backends[i].1)))
             .collect();
-        let pick = |n: usize| {
-            // splitmix64 on a shared counter: cheap, lock-free, good enough to spread picks.
-            let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) % n as u64) as usize
-        };
+        // A scrambled shared counter: cheap, lock-free, good enough to spread picks.
+        let pick =
+            |n: usize| (spread(self.rng.fetch_add(1, Ordering::Relaxed)) % n as u64) as usize;
         let best = match candidates.len() {
             0 => return None,
             1 => candidates[0],
@@ -420,6 +416,15 @@ fn health_check(
             Box::new(c)
         }
     }
+}
+
+/// Scramble a counter (splitmix64) so consecutive values spread evenly: used to choose among
+/// backends or weighted targets without a lock or a random source.
+pub(crate) fn spread(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn index_of(b: &Backend) -> Option<usize> {

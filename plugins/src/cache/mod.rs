@@ -277,25 +277,22 @@ impl CachePolicy {
         s.push_str(req.uri.path());
         s.push('?');
         let query = req.uri.query().unwrap_or("");
-        if !self.query_params.is_empty() {
-            let mut pairs: Vec<&str> = query
-                .split('&')
-                .filter(|p| {
-                    let k = p.split_once('=').map_or(*p, |(k, _)| k);
-                    self.query_params.iter().any(|q| q == k)
-                })
-                .collect();
-            pairs.sort_unstable();
-            s.push_str(&pairs.join("&"));
-        } else {
-            match self.query {
-                QueryMode::All => s.push_str(query),
-                QueryMode::Ignore => {}
-                QueryMode::Sorted => {
-                    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-                    pairs.sort_unstable();
-                    s.push_str(&pairs.join("&"));
-                }
+        match (self.query_params.is_empty(), self.query) {
+            (true, QueryMode::All) => s.push_str(query),
+            (true, QueryMode::Ignore) => {}
+            // Sorted, or only the listed parameters (sorted too).
+            _ => {
+                let mut pairs: Vec<&str> = query
+                    .split('&')
+                    .filter(|p| {
+                        let k = p.split_once('=').map_or(*p, |(k, _)| k);
+                        !p.is_empty()
+                            && (self.query_params.is_empty()
+                                || self.query_params.iter().any(|q| q == k))
+                    })
+                    .collect();
+                pairs.sort_unstable();
+                s.push_str(&pairs.join("&"));
             }
         }
     }
