@@ -16,7 +16,6 @@ use pingora::cache::{
     NoCacheReason, RespCacheable,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::Backend;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -54,8 +53,8 @@ pub struct Ctx {
     /// What plugins see.
     pub req: RequestCtx,
     start: Instant,
-    started_at: SystemTime,
-    backend: Option<Backend>,
+    /// Index (in its upstream) of the backend the latest attempt went to.
+    backend: Option<usize>,
     /// The upstream this request goes to: the route's, or the one a split rule chose.
     upstream: Option<Arc<UpstreamPool>>,
     /// Index of the current backend in its pool, while a request to it is counted in flight.
@@ -186,7 +185,6 @@ impl ProxyHttp for Gateway {
             matched: None,
             req: RequestCtx::new(NO_ROUTE.clone(), None, RequestId::generate()),
             start: Instant::now(),
-            started_at: SystemTime::now(),
             backend: None,
             upstream: None,
             backend_index: None,
@@ -356,7 +354,7 @@ impl ProxyHttp for Gateway {
             Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
             None => &[],
         };
-        let Some((backend, index)) = upstream.select(key, &ctx.tried) else {
+        let Some(index) = upstream.select(key, &ctx.tried) else {
             if !ctx.tried.is_empty() {
                 // Every backend left was tried and refused: that is the upstream failing.
                 let mut e = Error::new_up(ErrorType::ConnectRefused);
@@ -366,7 +364,7 @@ impl ProxyHttp for Gateway {
             ctx.error = Some("no_healthy_upstream");
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend left to try");
         };
-        let Some(mut peer) = upstream.peer(&backend) else {
+        let Some(mut peer) = upstream.peer(index) else {
             return Error::e_explain(ErrorType::InternalError, "backend without a peer template");
         };
         let t = &route.timeouts;
@@ -393,7 +391,7 @@ impl ProxyHttp for Gateway {
                 *slot = Some(slot.map_or(left, |t| t.min(left)));
             }
         }
-        ctx.backend = Some(backend);
+        ctx.backend = Some(index);
         if let Some(previous) = ctx.backend_index.replace(index) {
             upstream.end(previous);
         }
@@ -423,9 +421,7 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
         } else if retry_timeout && matches!(e.etype(), ErrorType::ReadTimedout) {
             ctx.retries_used += 1;
-            if let Some(b) = &ctx.backend {
-                ctx.tried.push(b.addr.clone());
-            }
+            remember_tried(ctx);
             if let (Some(up), Some(i)) = (&ctx.upstream, ctx.backend_index) {
                 up.report(i, false);
                 ctx.attempt_reported = true;
@@ -444,9 +440,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(b) = &ctx.backend {
-            ctx.tried.push(b.addr.clone());
-        }
+        remember_tried(ctx);
         if let (Some(up), Some(i)) = (&ctx.upstream, ctx.backend_index) {
             up.report(i, false);
             ctx.attempt_reported = true;
@@ -489,9 +483,9 @@ impl ProxyHttp for Gateway {
         }
         let original_host = session.req_header().headers.get(header::HOST).cloned();
         if !route.preserve_host {
-            if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
+            if let (Some(up), Some(b)) = (&ctx.upstream, ctx.backend) {
                 if let Some(h) = up.host_header(b) {
-                    upstream_request.insert_header(header::HOST, h)?;
+                    upstream_request.insert_header(header::HOST, h.clone())?;
                 }
             }
         }
@@ -658,9 +652,7 @@ impl ProxyHttp for Gateway {
                     up.report(i, status < 500);
                 }
                 ctx.attempt_reported = true;
-                if let Some(b) = &ctx.backend {
-                    ctx.tried.push(b.addr.clone());
-                }
+                remember_tried(ctx);
                 let mut e = Error::new_up(ErrorType::HTTPStatus(status));
                 e.set_retry(true);
                 return Err(e);
@@ -796,7 +788,11 @@ impl ProxyHttp for Gateway {
             }
         }
         if self.access_log {
-            let time = jiff::Timestamp::try_from(ctx.started_at)
+            // Derived from the monotonic start rather than read per request: only the
+            // access log needs wall-clock time.
+            let now = SystemTime::now();
+            let started_at = now.checked_sub(elapsed).unwrap_or(now);
+            let time = jiff::Timestamp::try_from(started_at)
                 .map(|t| t.to_string())
                 .unwrap_or_default();
             access_log::write(&AccessRecord {
@@ -808,9 +804,11 @@ impl ProxyHttp for Gateway {
                 route: route_name,
                 upstream: ctx.upstream.as_ref().map_or("", |u| &*u.name),
                 backend: ctx
-                    .backend
+                    .upstream
                     .as_ref()
-                    .map(|b| b.addr.to_string())
+                    .zip(ctx.backend)
+                    .and_then(|(u, i)| u.addr(i))
+                    .map(|a| a.to_string())
                     .unwrap_or_default(),
                 status,
                 bytes_sent: session.body_bytes_sent(),
@@ -827,6 +825,18 @@ impl ProxyHttp for Gateway {
 fn close_if_draining(session: &mut Session) {
     if crate::server::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
         session.set_keepalive(None);
+    }
+}
+
+/// Keep the current attempt's backend out of the next pick.
+fn remember_tried(ctx: &mut Ctx) {
+    if let Some(addr) = ctx
+        .upstream
+        .as_ref()
+        .zip(ctx.backend)
+        .and_then(|(u, i)| u.addr(i))
+    {
+        ctx.tried.push(addr.clone());
     }
 }
 

@@ -16,7 +16,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_plugins::ConfigError;
@@ -69,13 +69,15 @@ macro_rules! with_lb {
     };
 }
 
-/// Per-backend data computed at load so the request path only clones it.
-#[derive(Clone)]
-struct BackendInfo {
+/// Per-backend data computed at load, indexed like [`UpstreamPool::backends`], so the
+/// request path only indexes a vector (no map lookups, no clones of `Backend` extensions).
+struct Slot {
     peer: HttpPeer,
     host: HeaderValue,
-    index: usize,
 }
+
+/// The largest weight a backend may have (Kong's limit).
+const MAX_WEIGHT: usize = 65_535;
 
 /// A compiled upstream: backends behind a load balancer, with the settings of their peers.
 pub struct UpstreamPool {
@@ -89,6 +91,14 @@ pub struct UpstreamPool {
     host: Option<HeaderValue>,
     /// `(label, backend)` for every backend, for health metrics.
     pub backends: Vec<(String, Backend)>,
+    slots: Vec<Slot>,
+    /// Backend indexes in smooth weighted round-robin order: round robin walks it, random
+    /// samples it.
+    wheel: Vec<u32>,
+    /// Active-check health of each backend, copied from pingora-lb after every check so
+    /// that picking a backend needs no hash lookup.
+    healthy: Vec<AtomicBool>,
+    algorithm: Algorithm,
     health_interval: Option<Duration>,
     /// Milliseconds since process start of the last health check run.
     last_check_ms: AtomicU64,
@@ -98,7 +108,7 @@ pub struct UpstreamPool {
     passive: Option<outlier::PassiveHealth>,
     /// The circuit breaker, when configured.
     pub breaker: Option<outlier::Breaker>,
-    least_request: bool,
+    /// Round-robin position, or the seed of random picks.
     rng: AtomicU64,
     /// `tollgate_upstream_request_duration_seconds{upstream}`, resolved once.
     pub duration: prometheus::Histogram,
@@ -141,15 +151,16 @@ impl UpstreamPool {
             .unwrap_or_default();
         let mut set = BTreeSet::new();
         let mut labels = Vec::new();
+        let mut slots = Vec::new();
         for (i, b) in sec.backends.iter().enumerate() {
             let (addr, weight) = match b {
                 BackendSpec::Addr(a) => (a.as_str(), 1),
                 BackendSpec::Weighted { addr, weight } => (addr.as_str(), *weight),
             };
-            if weight == 0 {
+            if weight == 0 || weight > MAX_WEIGHT {
                 errors.push(ConfigError::new(
                     format!("backends[{i}].weight"),
-                    "weight must be at least 1",
+                    format!("weight must be between 1 and {MAX_WEIGHT}"),
                 ));
                 continue;
             }
@@ -184,18 +195,23 @@ impl UpstreamPool {
             let Ok(host_value) = HeaderValue::from_str(&sa.to_string()) else {
                 continue;
             };
-            let mut backend = Backend {
+            let backend = Backend {
                 addr: SocketAddr::Inet(sa),
                 weight,
                 ext: Default::default(),
             };
-            backend.ext.insert(BackendInfo {
+            if !set.insert(backend.clone()) {
+                errors.push(ConfigError::new(
+                    format!("backends[{i}]"),
+                    format!("{sa} is listed twice (give it a weight instead)"),
+                ));
+                continue;
+            }
+            slots.push(Slot {
                 peer,
                 host: host_value,
-                index: labels.len(),
             });
-            labels.push((sa.to_string(), backend.clone()));
-            set.insert(backend);
+            labels.push((sa.to_string(), backend));
         }
         if let Some(hc) = &sec.health_check {
             if hc.interval_ms == 0 || hc.timeout_ms == 0 {
@@ -236,6 +252,11 @@ impl UpstreamPool {
             }
         });
         let backend_count = labels.len();
+        let weights: Vec<usize> = labels.iter().map(|(_, b)| b.weight).collect();
+        let healthy = labels
+            .iter()
+            .map(|(_, b)| AtomicBool::new(with_lb!(&balancer, lb => lb.backends().ready(b))))
+            .collect();
         Ok(UpstreamPool {
             name: Arc::from(sec.name.as_str()),
             balancer,
@@ -243,6 +264,10 @@ impl UpstreamPool {
             retries: sec.retries,
             host,
             backends: labels,
+            slots,
+            wheel: smooth_wheel(&weights),
+            healthy,
+            algorithm: sec.algorithm,
             health_interval: sec
                 .health_check
                 .as_ref()
@@ -257,42 +282,61 @@ impl UpstreamPool {
                 .as_ref()
                 .map(outlier::PassiveHealth::from),
             breaker: sec.circuit_breaker.as_ref().map(outlier::Breaker::new),
-            least_request: sec.algorithm == Algorithm::LeastRequest,
             rng: AtomicU64::new(0),
             duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
         })
     }
 
     /// Pick a healthy, not ejected backend not in `exclude`, using `key` for consistent
-    /// hashing; returns it with its index in `backends`.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<(Backend, usize)> {
+    /// hashing; returns its index in `backends`.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<usize> {
         let now = outlier::now_ms();
-        let eligible = |b: &Backend, healthy: bool| {
-            healthy
-                && !exclude.contains(&b.addr)
-                && !index_of(b).is_some_and(|i| self.states[i].ejected(now))
+        let eligible = |i: usize| {
+            self.healthy[i].load(Ordering::Relaxed)
+                && !self.states[i].ejected(now)
+                && !exclude.contains(&self.backends[i].1.addr)
         };
-        let backend = if self.least_request {
-            self.least_request_pick(&eligible)
-        } else {
-            with_lb!(&self.balancer, lb => lb.select_with(key, MAX_SELECT_STEPS, |b, h| eligible(b, h)))
-        }?;
-        let index = index_of(&backend)?;
-        Some((backend, index))
+        match (&self.balancer, self.algorithm) {
+            (_, Algorithm::LeastRequest) => self.least_request_pick(&eligible),
+            (Balancer::Ketama(lb), _) => {
+                let b = lb.select_with(key, MAX_SELECT_STEPS, |b, healthy| {
+                    healthy && self.index_of(&b.addr).is_some_and(&eligible)
+                })?;
+                self.index_of(&b.addr)
+            }
+            _ => {
+                let n = self.wheel.len();
+                let turn = self.rng.fetch_add(1, Ordering::Relaxed);
+                let turn = if self.algorithm == Algorithm::Random {
+                    spread(turn)
+                } else {
+                    turn
+                };
+                let start = (turn % n.max(1) as u64) as usize;
+                // Walk the wheel from this turn's position; a pool where most backends are
+                // out falls back to a scan, so a pick never takes more than a bounded walk.
+                (0..n.min(MAX_SELECT_STEPS))
+                    .map(|step| self.wheel[(start + step) % n] as usize)
+                    .find(|&i| eligible(i))
+                    .or_else(|| (0..self.backends.len()).find(|&i| eligible(i)))
+            }
+        }
+    }
+
+    fn index_of(&self, addr: &SocketAddr) -> Option<usize> {
+        self.backends.iter().position(|(_, b)| &b.addr == addr)
     }
 
     /// Power of two choices: two random eligible backends, the one with fewer requests in
     /// flight per unit of weight wins.
-    fn least_request_pick(&self, eligible: &dyn Fn(&Backend, bool) -> bool) -> Option<Backend> {
-        let candidates: Vec<usize> = (0..self.backends.len())
-            .filter(|&i| eligible(&self.backends[i].1, self.is_healthy(&self.backends[i].1)))
-            .collect();
+    fn least_request_pick(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.backends.len()).filter(|&i| eligible(i)).collect();
         // A scrambled shared counter: cheap, lock-free, good enough to spread picks.
         let pick =
             |n: usize| (spread(self.rng.fetch_add(1, Ordering::Relaxed)) % n as u64) as usize;
-        let best = match candidates.len() {
-            0 => return None,
-            1 => candidates[0],
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
             n => {
                 let a = candidates[pick(n)];
                 let mut b = candidates[pick(n - 1)];
@@ -303,14 +347,9 @@ impl UpstreamPool {
                     (self.states[i].inflight.load(Ordering::Relaxed) as f64 + 1.0)
                         / self.backends[i].1.weight as f64
                 };
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
+                Some(if load(b) < load(a) { b } else { a })
             }
-        };
-        Some(self.backends[best].1.clone())
+        }
     }
 
     /// A request to backend `index` started.
@@ -345,17 +384,22 @@ impl UpstreamPool {
         }
     }
 
-    /// The peer to connect to for `backend` (a clone of the one prepared at load).
-    pub fn peer(&self, backend: &Backend) -> Option<HttpPeer> {
-        backend.ext.get::<BackendInfo>().map(|i| i.peer.clone())
+    /// The peer to connect to for backend `index` (a clone of the one prepared at load).
+    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
+        self.slots.get(index).map(|s| s.peer.clone())
     }
 
-    /// The `Host` header for requests to `backend` when the route does not preserve the
-    /// client's: the upstream's `host`, else the backend address.
-    pub fn host_header(&self, backend: &Backend) -> Option<HeaderValue> {
+    /// The address of backend `index`.
+    pub fn addr(&self, index: usize) -> Option<&SocketAddr> {
+        self.backends.get(index).map(|(_, b)| &b.addr)
+    }
+
+    /// The `Host` header for requests to backend `index` when the route does not preserve
+    /// the client's: the upstream's `host`, else the backend address.
+    pub fn host_header(&self, index: usize) -> Option<&HeaderValue> {
         self.host
-            .clone()
-            .or_else(|| backend.ext.get::<BackendInfo>().map(|i| i.host.clone()))
+            .as_ref()
+            .or_else(|| self.slots.get(index).map(|s| &s.host))
     }
 
     /// Is `backend` currently healthy?
@@ -373,7 +417,12 @@ impl UpstreamPool {
             return false;
         }
         self.last_check_ms.store(now_ms.max(1), Ordering::Relaxed);
-        with_lb!(&self.balancer, lb => lb.backends().run_health_check(true).await);
+        with_lb!(&self.balancer, lb => {
+            lb.backends().run_health_check(true).await;
+            for (i, (_, b)) in self.backends.iter().enumerate() {
+                self.healthy[i].store(lb.backends().ready(b), Ordering::Relaxed);
+            }
+        });
         true
     }
 }
@@ -427,8 +476,41 @@ pub(crate) fn spread(n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn index_of(b: &Backend) -> Option<usize> {
-    b.ext.get::<BackendInfo>().map(|i| i.index)
+/// Backend indexes in smooth weighted round-robin order (nginx's algorithm): each backend
+/// appears `weight / gcd` times, spread out rather than in runs.
+fn smooth_wheel(weights: &[usize]) -> Vec<u32> {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    /// Bounds the wheel (and its O(entries × backends) build) for extreme weights.
+    const MAX_ENTRIES: i64 = 1 << 16;
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let mut w: Vec<i64> = weights.iter().map(|&x| (x / g) as i64).collect();
+    let sum: i64 = w.iter().sum();
+    if sum > MAX_ENTRIES {
+        // Keep the proportions; every backend keeps at least one entry.
+        for x in &mut w {
+            *x = (*x * MAX_ENTRIES / sum).max(1);
+        }
+    }
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut wheel = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, x) in current.iter_mut().zip(&w) {
+            *c += x;
+        }
+        let Some(best) = (0..w.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))) else {
+            break;
+        };
+        current[best] -= total;
+        wheel.push(best as u32);
+    }
+    wheel
 }
 
 /// Keeps the pools of the running config so a reload reuses a pool whose definition did not
@@ -482,31 +564,46 @@ mod tests {
         .unwrap();
         let mut counts = HashMap::new();
         for _ in 0..400 {
-            let b = p.select(b"", &[]).unwrap().0;
-            *counts.entry(b.addr.to_string()).or_insert(0) += 1;
+            let i = p.select(b"", &[]).unwrap();
+            *counts.entry(p.backends[i].0.clone()).or_insert(0) += 1;
         }
         assert_eq!(counts["127.0.0.1:1"], 300);
         assert_eq!(counts["127.0.0.1:2"], 100);
         let first = p.backends[0].1.addr.clone();
         for _ in 0..10 {
-            assert_ne!(
-                p.select(b"", std::slice::from_ref(&first)).unwrap().0.addr,
-                first
-            );
+            let i = p.select(b"", std::slice::from_ref(&first)).unwrap();
+            assert_ne!(p.backends[i].1.addr, first);
         }
         let all: Vec<_> = p.backends.iter().map(|b| b.1.addr.clone()).collect();
         assert!(p.select(b"", &all).is_none());
     }
 
     #[test]
+    fn wheel_is_smooth_and_proportional() {
+        assert_eq!(smooth_wheel(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wheel(&[2, 4]), [1, 0, 1]);
+        let big = smooth_wheel(&[65_535, 65_535, 1]);
+        assert!(big.len() <= (1 << 16) + 3);
+        assert!(big.contains(&2));
+    }
+
+    #[test]
     fn errors_are_relative() {
         let errs = UpstreamPool::build(&section(
-            "name = \"u\"\nbackends = [\"nope\", { addr = \"127.0.0.1:1\", weight = 0 }]\nalgorithm = \"consistent_hash\"\nhash_on = \"ip\"",
+            "name = \"u\"\nbackends = [\"nope\", { addr = \"127.0.0.1:1\", weight = 0 }, \"127.0.0.1:2\", \"127.0.0.1:2\"]\nalgorithm = \"consistent_hash\"\nhash_on = \"ip\"",
         ))
         .err()
         .unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["hash_on", "backends[0]", "backends[1].weight"]);
+        assert_eq!(
+            paths,
+            [
+                "hash_on",
+                "backends[0]",
+                "backends[1].weight",
+                "backends[3]"
+            ]
+        );
     }
 
     #[test]
