@@ -51,7 +51,8 @@ BODY = "hello"
 # generated with prefix path "/<name>"; proxied routes strip that prefix and go to the nginx
 # upstream ("origin"); `plugins` is the inside of a TOML inline array; `headers` are sent by wrk
 # (e.g. an API key); `expect` are response headers checked once before the load starts;
-# `config` is extra top-level TOML the scenario needs (e.g. [[consumers]]).
+# `config` is extra top-level TOML the scenario needs (e.g. [[consumers]]); `route` is extra
+# keys for the scenario's own route.
 @dataclass
 class Scenario:
     name: str
@@ -61,11 +62,14 @@ class Scenario:
     headers: dict = field(default_factory=dict)
     expect: dict = field(default_factory=dict)
     config: str = ""
+    route: str = ""
 
 
 SCENARIOS = [
     Scenario("hello", "/hello", False, f'{{ name = "mock", status = 200, content_type = "text/plain", body = "{BODY}" }}'),
     Scenario("proxy", "/proxy/hello", True),
+    # The proxied route without the per-request header edits (X-Forwarded-*, X-Request-Id).
+    Scenario("lean", "/lean/hello", True, route="forwarded_headers = false\nrequest_id = false"),
     Scenario("chain", "/chain/hello", True, '{ name = "headers", request = { set = { "x-bench" = "1" } }, response = { set = { "x-served-by" = "tollgate" } } }', expect={"x-served-by": "tollgate"}),
     Scenario("keyauth", "/keyauth/hello", True, '"key_auth"', headers={"apikey": "bench-key-0001"}),
     Scenario("jwths", "/jwths/hello", True, '"jwt"', headers={"authorization": "Bearer {JWT_HS256}"}),
@@ -362,6 +366,8 @@ def tollgate_config(port, upstream_port, state_files=True):
         if s.proxied:
             lines += ['upstream = "origin"', "strip_prefix = true"]
         lines.append(f"plugins = [{s.plugins}]")
+        if s.route:
+            lines.append(s.route)
     for s in SCENARIOS:
         if s.config:
             lines += ["", s.config]

@@ -58,6 +58,10 @@ pub struct Route {
     pub rewrite: PathRewrite,
     /// Keep the client's Host header.
     pub preserve_host: bool,
+    /// Add `X-Forwarded-*` headers upstream.
+    pub forwarded_headers: bool,
+    /// Send `X-Request-Id` upstream and on the response.
+    pub request_id: bool,
     /// Timeout overrides.
     pub timeouts: Timeouts,
     /// Request duration histogram for this route, resolved at compile time.

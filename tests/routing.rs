@@ -444,6 +444,13 @@ name = "named_preserve"
 paths = ["/named-preserve"]
 preserve_host = true
 upstream = "named"
+
+[[routes]]
+name = "lean"
+paths = ["/lean"]
+upstream = "u"
+forwarded_headers = false
+request_id = false
 "#,
         &[("UP", &up.address())],
     );
@@ -511,6 +518,37 @@ fn forwarded_headers() {
         r.upstream_header("x-forwarded-host").as_deref(),
         Some(gw.addr.to_string().as_str()),
         "client value replaced by its Host"
+    );
+}
+
+#[test]
+fn forwarded_headers_and_request_id_can_be_turned_off() {
+    let up = Upstream::start("echo");
+    let gw = forwarding_gateway(&up);
+
+    let r = gw.request("GET", "/lean", &[("X-Forwarded-For", "10.1.2.3")], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-forwarded-proto"), None);
+    assert_eq!(r.upstream_header("x-forwarded-host"), None);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("10.1.2.3"),
+        "the client's value passes untouched"
+    );
+    assert_eq!(r.upstream_header("x-request-id"), None);
+    assert_eq!(r.header("x-request-id"), None);
+
+    let r = gw.request("GET", "/lean", &[("X-Request-Id", "abc-123")], b"");
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("abc-123"),
+        "a client's id still passes through"
+    );
+    let r = gw.get("/lean-no-such-route");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.header("x-request-id").is_some(),
+        "answers outside the route keep their id"
     );
 }
 

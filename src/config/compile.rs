@@ -477,6 +477,8 @@ fn compile_route(
         },
         rewrite,
         preserve_host: r.preserve_host,
+        forwarded_headers: r.forwarded_headers,
+        request_id: r.request_id,
         timeouts: Timeouts {
             connect: ms(r.connect_timeout_ms),
             read: ms(r.read_timeout_ms),

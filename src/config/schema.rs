@@ -343,6 +343,12 @@ pub struct RouteSection {
     /// Send the client's `Host` upstream instead of the upstream's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Add `X-Forwarded-For`, `-Proto` and `-Host` to proxied requests.
+    #[serde(default = "default_true")]
+    pub forwarded_headers: bool,
+    /// Send `X-Request-Id` upstream and return it on the response.
+    #[serde(default = "default_true")]
+    pub request_id: bool,
     /// Overrides the upstream's connect timeout.
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,

@@ -180,7 +180,10 @@ impl UpstreamPool {
             peer.options.connection_timeout = Some(Duration::from_millis(sec.connect_timeout_ms));
             peer.options.read_timeout = Some(Duration::from_millis(sec.read_timeout_ms));
             peer.options.write_timeout = Some(Duration::from_millis(sec.write_timeout_ms));
-            peer.options.idle_timeout = Some(Duration::from_millis(sec.idle_timeout_ms));
+            // 0: no timer; the pooled connection stays until the backend closes it or the
+            // bounded pool evicts it.
+            peer.options.idle_timeout =
+                (sec.idle_timeout_ms > 0).then(|| Duration::from_millis(sec.idle_timeout_ms));
             peer.options.verify_cert = sec.verify_cert;
             peer.options.verify_hostname = sec.verify_cert;
             if sec.http2 {
