@@ -13,6 +13,10 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     && mkdir -p /etc/tollgate
 COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
 COPY conf/tollgate.toml /etc/tollgate/tollgate.toml
+# The admin listener (/metrics, /healthz, /readyz, /cache/purge) must leave the container's
+# loopback to be scraped; publish 9090 to trusted networks only.
+RUN sed -i 's|^admin_listen = "127.0.0.1:9090"|admin_listen = "0.0.0.0:9090"|' /etc/tollgate/tollgate.toml \
+    && grep -q '^admin_listen = "0.0.0.0:9090"' /etc/tollgate/tollgate.toml
 USER tollgate
 EXPOSE 8080 9090
 # SIGTERM drains in-flight requests for server.shutdown_timeout_seconds.
