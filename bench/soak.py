@@ -116,7 +116,6 @@ def phase(port, pid, lua, name):
 
 
 def main():
-    b.TMP = os.environ["BENCH_TMP"]
     up_port, tg_port = b.free_port(), b.free_port()
     b.start_nginx("upstream", b.UPSTREAM_HTTP.format(port=up_port, body=b.BODY))
     conf = os.path.join(b.TMP, "soak.toml")
