@@ -100,6 +100,12 @@ impl Ctx {
         self.route().and_then(|r| r.cache.clone())
     }
 
+    /// Address of the backend the latest attempt went to.
+    fn backend_addr(&self) -> Option<&SocketAddr> {
+        let (up, i) = self.upstream.as_ref().zip(self.backend)?;
+        up.addr(i)
+    }
+
     fn request_id_value(&mut self) -> Option<HeaderValue> {
         if self.request_id_value.is_none() {
             self.request_id_value = HeaderValue::from_str(self.req.request_id.as_str()).ok();
@@ -498,7 +504,6 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let original_host = session.req_header().headers.get(header::HOST).cloned();
         if !route.preserve_host {
             if let (Some(up), Some(b)) = (&ctx.upstream, ctx.backend) {
                 if let Some(h) = up.host_header(b) {
@@ -518,8 +523,9 @@ impl ProxyHttp for Gateway {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
             upstream_request.insert_header("x-forwarded-proto", proto)?;
-            if let Some(h) = original_host {
-                upstream_request.insert_header("x-forwarded-host", h)?;
+            // The client's Host: the downstream header, which the Host rewrite above leaves as is.
+            if let Some(h) = session.req_header().headers.get(header::HOST) {
+                upstream_request.insert_header("x-forwarded-host", h.clone())?;
             }
         }
         if route.request_id {
@@ -825,10 +831,7 @@ impl ProxyHttp for Gateway {
                 route: route_name,
                 upstream: ctx.upstream.as_ref().map_or("", |u| &*u.name),
                 backend: ctx
-                    .upstream
-                    .as_ref()
-                    .zip(ctx.backend)
-                    .and_then(|(u, i)| u.addr(i))
+                    .backend_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 status,
@@ -851,13 +854,8 @@ fn close_if_draining(session: &mut Session) {
 
 /// Keep the current attempt's backend out of the next pick.
 fn remember_tried(ctx: &mut Ctx) {
-    if let Some(addr) = ctx
-        .upstream
-        .as_ref()
-        .zip(ctx.backend)
-        .and_then(|(u, i)| u.addr(i))
-    {
-        ctx.tried.push(addr.clone());
+    if let Some(addr) = ctx.backend_addr().cloned() {
+        ctx.tried.push(addr);
     }
 }
 
@@ -1133,17 +1131,17 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_peer() {
-        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
-        for ip in ["1.2.3.4", "10.0.100.255", "0.0.0.0", "192.168.9.99"] {
-            assert_eq!(forwarded_for(None, v4(ip)).unwrap(), ip);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for v4 in ["1.2.3.4", "10.0.100.255", "0.0.0.0", "192.168.9.99"] {
+            assert_eq!(forwarded_for(None, ip(v4)).unwrap(), v4);
         }
         assert_eq!(
-            forwarded_for(Some(b"203.0.113.7"), v4("127.0.0.1")).unwrap(),
+            forwarded_for(Some(b"203.0.113.7"), ip("127.0.0.1")).unwrap(),
             "203.0.113.7, 127.0.0.1"
         );
-        assert_eq!(forwarded_for(Some(b""), v4("::1")).unwrap(), "::1");
+        assert_eq!(forwarded_for(Some(b""), ip("::1")).unwrap(), "::1");
         assert_eq!(
-            forwarded_for(Some(b"a"), v4("2001:db8::1")).unwrap(),
+            forwarded_for(Some(b"a"), ip("2001:db8::1")).unwrap(),
             "a, 2001:db8::1"
         );
     }
