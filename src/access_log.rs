@@ -5,7 +5,6 @@ use crate::metrics::METRICS;
 use serde::Serialize;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
 
 /// One request, as logged.
 #[derive(Serialize)]
@@ -39,49 +38,56 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
 }
 
-static SENDER: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
+/// Lines queued for the writer thread before new ones are dropped.
+const QUEUE_LINES: usize = 16 * 1024;
+/// The writer's buffer.
+const WRITE_BUFFER: usize = 64 * 1024;
 
-/// Start the writer thread; `path` is `-` for stdout or a file to append to. Call once.
-pub fn start(path: &str) -> std::io::Result<()> {
-    let mut out: Box<dyn Write + Send> = if path == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        )
-    };
-    let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || {
-            let mut buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
-            while let Ok(line) = rx.recv() {
-                let _ = buf.write_all(&line);
-                // Flush whenever the queue is empty, so lines appear promptly when idle.
-                while let Ok(l) = rx.try_recv() {
-                    let _ = buf.write_all(&l);
-                }
-                let _ = buf.flush();
-            }
-        })?;
-    let _ = SENDER.set(tx);
-    Ok(())
+/// A handle to the access log's writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Vec<u8>>,
 }
 
-/// Queue a record; never blocks.
-pub fn write(record: &AccessRecord<'_>) {
-    let Some(tx) = SENDER.get() else {
-        return;
-    };
-    let mut line = Vec::with_capacity(320);
-    if serde_json::to_writer(&mut line, record).is_err() {
-        return;
+impl AccessLog {
+    /// Start the writer thread; `path` is `-` for stdout or a file to append to.
+    pub fn start(path: &str) -> std::io::Result<AccessLog> {
+        let mut out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = std::io::BufWriter::with_capacity(WRITE_BUFFER, &mut out);
+                while let Ok(line) = rx.recv() {
+                    let _ = buf.write_all(&line);
+                    // Flush whenever the queue is empty, so lines appear promptly when idle.
+                    while let Ok(l) = rx.try_recv() {
+                        let _ = buf.write_all(&l);
+                    }
+                    let _ = buf.flush();
+                }
+            })?;
+        Ok(AccessLog { tx })
     }
-    line.push(b'\n');
-    if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-        METRICS.access_log_dropped.inc();
+
+    /// Queue a record; never blocks.
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let mut line = Vec::with_capacity(320);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            METRICS.access_log_dropped.inc();
+        }
     }
 }

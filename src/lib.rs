@@ -7,8 +7,11 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod retained;
 pub mod router;
 pub mod server;
 pub mod snapshot;

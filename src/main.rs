@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate::upstream::UpstreamCache;
 
 /// mimalloc keeps RSS flat under churn and makes the many small per-request allocations
 /// cheaper than glibc's allocator (the largest user-space cost in profiles of the proxy).
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
         upgrade: false,
     }) {
         Command::Check { config } => {
-            match tollgate::config::load_file(&config, &UpstreamCache::default()) {
+            match tollgate::config::load_file(&config, &tollgate::retained::Retained::new()) {
                 Ok(snap) => {
                     println!(
                         "{}: OK ({} routes, {} upstreams)",
@@ -79,7 +78,7 @@ fn main() -> ExitCode {
                 eprintln!("empty password");
                 return ExitCode::FAILURE;
             }
-            match tollgate_plugins::basic_auth::hash_password(password) {
+            match tollgate_plugins::consumer::password::hash_password(password) {
                 Ok(h) => {
                     println!("{h}");
                     ExitCode::SUCCESS

@@ -6,6 +6,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use std::sync::LazyLock;
+use tollgate_plugins::cache::storage::CacheStore;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -197,16 +198,19 @@ impl Metrics {
         self.upstream_duration.with_label_values(&[upstream])
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// Prometheus text exposition of every metric; `cache` is the response cache, if the
+    /// config has one.
+    pub fn render(&self, cache: Option<&CacheStore>) -> Vec<u8> {
         // Storage figures are read when scraped, not kept up to date per request.
-        let storage = &*tollgate_plugins::cache::storage::STORAGE;
-        self.cache_bytes.set(storage.bytes() as i64);
-        self.cache_objects.set(storage.objects() as i64);
-        let evicted = storage.evictions();
-        let counted = self.cache_evictions.get();
-        if evicted > counted {
-            self.cache_evictions.inc_by(evicted - counted);
+        if let Some(cache) = cache {
+            let storage = &cache.storage;
+            self.cache_bytes.set(storage.bytes() as i64);
+            self.cache_objects.set(storage.objects() as i64);
+            let evicted = storage.evictions();
+            let counted = self.cache_evictions.get();
+            if evicted > counted {
+                self.cache_evictions.inc_by(evicted - counted);
+            }
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

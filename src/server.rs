@@ -1,13 +1,15 @@
-//! Process setup: logging, the Pingora server with its proxy, admin and background services,
-//! and config reload on SIGHUP or when the file changes.
+//! Process setup: logging, the Pingora server with its proxy, admin and background services.
+//! Reloads are [`crate::reload`]'s, the lifecycle flags [`crate::lifecycle`]'s.
 
-use crate::admin::{AdminApp, READY};
-use crate::config::{self, schema::ServerSection};
+use crate::access_log::AccessLog;
+use crate::admin::AdminApp;
+use crate::config;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
 use crate::proxy::Gateway;
-use crate::snapshot::Snapshot;
+use crate::reload::Reloader;
+use crate::retained::Retained;
 use crate::upstream::health::HealthChecker;
-use crate::upstream::UpstreamCache;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -15,10 +17,12 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often readiness is probed until the proxy listener accepts.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// Set up logging: the config's level, unless `RUST_LOG` says otherwise.
 pub fn init_logging(level: &str) {
@@ -29,15 +33,6 @@ pub fn init_logging(level: &str) {
     }
     let _ = b.try_init();
 }
-
-/// Set when SIGQUIT (graceful upgrade) or SIGTERM arrives: from then on every response
-/// closes its connection, so keep-alive clients reconnect (to the new process, during an
-/// upgrade) instead of being cut off when this process stops.
-pub static DRAINING: AtomicBool = AtomicBool::new(false);
-
-/// Set once the reload task listens for SIGHUP; readiness waits for it, because a SIGHUP
-/// before that would end the process (the default action).
-static RELOAD_ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Why the gateway could not start.
 #[derive(Debug)]
@@ -71,46 +66,49 @@ fn check_bindable(addrs: &[&str]) -> Result<(), RunError> {
 /// Load `path` and serve it until a shutdown signal. `upgrade` takes the listening sockets
 /// over from a running tollgate (Pingora's graceful upgrade).
 pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
-    let cache = Arc::new(UpstreamCache::default());
-    let snap = config::load_file(path, &cache).map_err(RunError::Config)?;
+    let retained = Arc::new(Retained::new());
+    let snap = config::load_file(path, &retained).map_err(RunError::Config)?;
+    let process = snap.server.process.clone();
     if !upgrade {
-        let mut addrs: Vec<&str> = snap.server.listen.iter().map(String::as_str).collect();
-        addrs.extend(snap.server.tls.iter().map(|t| t.listen.as_str()));
-        if !snap.server.admin_listen.is_empty() {
-            addrs.push(&snap.server.admin_listen);
+        let mut addrs: Vec<&str> = process.listen.iter().map(String::as_str).collect();
+        addrs.extend(process.tls.iter().map(|t| t.listen.as_str()));
+        if !process.admin_listen.is_empty() {
+            addrs.push(&process.admin_listen);
         }
         check_bindable(&addrs)?;
     }
-    cache.retain(&snap.upstreams);
-    let server_cfg = snap.server.clone();
-    init_logging(&server_cfg.log_level);
-    let access_log = server_cfg.access_log.enabled
-        && match crate::access_log::start(&server_cfg.access_log.path) {
-            Ok(()) => true,
+    retained.settle(&snap);
+    init_logging(&snap.server.live.log_level);
+    let access_log = if process.access_log.enabled {
+        match AccessLog::start(&process.access_log.path) {
+            Ok(log) => Some(log),
             Err(e) => {
                 log::error!(
                     "access log disabled: cannot open {}: {e}",
-                    server_cfg.access_log.path
+                    process.access_log.path
                 );
-                false
+                None
             }
-        };
+        }
+    } else {
+        None
+    };
     METRICS.config_reloads.with_label_values(&["success"]);
-    apply_cache_budget(&server_cfg);
     let config = Arc::new(ArcSwap::from_pointee(snap));
+    let lifecycle = Arc::new(Lifecycle::default());
 
     let conf = ServerConf {
-        threads: if server_cfg.threads == 0 {
+        threads: if process.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
-            server_cfg.threads
+            process.threads
         },
-        work_stealing: server_cfg.work_stealing,
-        grace_period_seconds: Some(server_cfg.shutdown_grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(server_cfg.shutdown_timeout_seconds),
-        upstream_keepalive_pool_size: server_cfg.upstream_keepalive_pool_size,
-        upgrade_sock: server_cfg.upgrade_sock.clone(),
-        pid_file: server_cfg.pid_file.clone(),
+        work_stealing: process.work_stealing,
+        grace_period_seconds: Some(process.shutdown_grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
+        upgrade_sock: process.upgrade_sock.clone(),
+        pid_file: process.pid_file.clone(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -120,21 +118,21 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     // Pingora writes the pid file only when it daemonizes; tollgate runs in the foreground.
-    if !server_cfg.pid_file.is_empty() {
-        if let Err(e) = std::fs::write(&server_cfg.pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write pid file {}: {e}", server_cfg.pid_file);
+    if !process.pid_file.is_empty() {
+        if let Err(e) = std::fs::write(&process.pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid file {}: {e}", process.pid_file);
         }
     }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(config.clone(), access_log),
+        Gateway::new(config.clone(), access_log, lifecycle.clone()),
         "tollgate proxy",
     );
-    for addr in &server_cfg.listen {
+    for addr in &process.listen {
         proxy.add_tcp(addr);
     }
-    for t in &server_cfg.tls {
+    for t in &process.tls {
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)
             .map_err(|e| RunError::Bind(format!("TLS listener {}: {e}", t.listen)))?;
         if t.http2 {
@@ -144,16 +142,19 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     }
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = server_cfg.h2c;
+        options.h2c = process.h2c;
         options.keepalive_request_limit =
-            (server_cfg.keepalive_requests > 0).then_some(server_cfg.keepalive_requests);
-        options.h2_idle_timeout = Some(Duration::from_secs(server_cfg.h2_idle_timeout_seconds));
+            (process.keepalive_requests > 0).then_some(process.keepalive_requests);
+        options.h2_idle_timeout = Some(Duration::from_secs(process.h2_idle_timeout_seconds));
         app.server_options = Some(options);
     }
     server.add_service(proxy);
-    if !server_cfg.admin_listen.is_empty() {
-        let mut admin = Service::new("tollgate admin".to_string(), AdminApp);
-        admin.add_tcp(&server_cfg.admin_listen);
+    if !process.admin_listen.is_empty() {
+        let mut admin = Service::new(
+            "tollgate admin".to_string(),
+            AdminApp::new(lifecycle.clone(), retained.clone()),
+        );
+        admin.add_tcp(&process.admin_listen);
         server.add_service(admin);
     }
     server.add_service(background_service(
@@ -162,17 +163,19 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     ));
     server.add_service(background_service(
         "config reload",
-        Reloader {
-            path: path.to_path_buf(),
-            config: config.clone(),
-            cache,
-            started_with: server_cfg.clone(),
+        Reloader::new(path, config.clone(), retained, lifecycle.clone()),
+    ));
+    server.add_service(background_service(
+        "drain signals",
+        DrainSignals {
+            lifecycle: lifecycle.clone(),
         },
     ));
     server.add_service(background_service(
         "readiness",
         ReadyProbe {
-            listen: server_cfg.listen,
+            listen: process.listen,
+            lifecycle,
         },
     ));
     log::info!(
@@ -183,15 +186,39 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     server.run_forever()
 }
 
-/// The response cache's byte budget applies on start and on every reload.
-fn apply_cache_budget(server: &ServerSection) {
-    tollgate_plugins::cache::storage::EVICTION.set_weight_limit(server.cache_max_bytes);
+/// Marks the process draining when SIGQUIT or SIGTERM arrives. Pingora handles these
+/// signals itself; this second handler only flips the flag.
+struct DrainSignals {
+    lifecycle: Arc<Lifecycle>,
+}
+
+#[async_trait]
+impl BackgroundService for DrainSignals {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term)) =
+            (signal(SignalKind::quit()), signal(SignalKind::terminate()))
+        else {
+            log::error!(
+                "cannot listen for SIGQUIT/SIGTERM: responses will not close while draining"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = quit.recv() => {}
+            _ = term.recv() => {}
+            _ = shutdown.changed() => return,
+        }
+        self.lifecycle.set_draining();
+        log::info!("draining: responses now close their connections");
+    }
 }
 
 /// Marks the process ready once the first proxy listener accepts a connection and reloads
 /// are armed.
 struct ReadyProbe {
     listen: Vec<String>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 #[async_trait]
@@ -205,142 +232,14 @@ impl BackgroundService for ReadyProbe {
             .replacen("0.0.0.0:", "127.0.0.1:", 1)
             .replacen("[::]:", "[::1]:", 1);
         loop {
-            if RELOAD_ARMED.load(Ordering::Acquire)
+            if self.lifecycle.reload_armed()
                 && tokio::net::TcpStream::connect(&target).await.is_ok()
             {
-                READY.store(true, Ordering::Relaxed);
+                self.lifecycle.set_ready();
                 log::info!("ready: proxy listening on {addr}");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
     }
-}
-
-/// Reloads the config on SIGHUP and when the file changes.
-struct Reloader {
-    path: PathBuf,
-    config: Arc<ArcSwap<Snapshot>>,
-    cache: Arc<UpstreamCache>,
-    started_with: ServerSection,
-}
-
-impl Reloader {
-    async fn reload(&self, why: &str) {
-        let path = self.path.clone();
-        let cache = self.cache.clone();
-        // Compiling resolves backend names and builds regexes: keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || config::load_file(&path, &cache)).await;
-        match result {
-            Ok(Ok(snap)) => {
-                let s = &snap.server;
-                let old = &self.started_with;
-                if s.listen != old.listen
-                    || s.admin_listen != old.admin_listen
-                    || s.threads != old.threads
-                    || s.work_stealing != old.work_stealing
-                    || s.access_log != old.access_log
-                    || s.pid_file != old.pid_file
-                    || s.upgrade_sock != old.upgrade_sock
-                    || s.tls != old.tls
-                    || s.h2c != old.h2c
-                    || s.keepalive_requests != old.keepalive_requests
-                {
-                    log::warn!("listeners, threads and access_log changes take effect on restart");
-                }
-                if let Ok(level) = s.log_level.parse() {
-                    if std::env::var_os("RUST_LOG").is_none() {
-                        log::set_max_level(level);
-                    }
-                }
-                self.cache.retain(&snap.upstreams);
-                apply_cache_budget(&snap.server);
-                let routes = snap.routes.len();
-                self.config.store(Arc::new(snap));
-                METRICS.config_reloads.with_label_values(&["success"]).inc();
-                log::info!("config reloaded ({why}): {routes} routes");
-            }
-            Ok(Err(errors)) => {
-                METRICS.config_reloads.with_label_values(&["failure"]).inc();
-                log::error!("config reload ({why}) rejected, the running config stays: {errors}");
-            }
-            Err(e) => {
-                METRICS.config_reloads.with_label_values(&["failure"]).inc();
-                log::error!("config reload ({why}) failed: {e}");
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("cannot listen for SIGHUP: {e}");
-                None
-            }
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let _watcher = watch_file(&self.path, tx);
-        // Pingora handles these signals; this second handler only marks the drain.
-        for kind in [SignalKind::quit(), SignalKind::terminate()] {
-            if let Ok(mut sig) = signal(kind) {
-                tokio::spawn(async move {
-                    if sig.recv().await.is_some() {
-                        DRAINING.store(true, Ordering::Release);
-                        log::info!("draining: responses now close their connections");
-                    }
-                });
-            }
-        }
-        RELOAD_ARMED.store(true, Ordering::Release);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.reload("SIGHUP").await;
-                }
-                Some(()) = rx.recv() => {
-                    // Editors write in several steps: wait for the burst to end.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while rx.try_recv().is_ok() {}
-                    self.reload("file changed").await;
-                }
-            }
-        }
-    }
-}
-
-/// Watch the config file's directory (editors often replace the file) and signal on changes
-/// to the file itself.
-fn watch_file(
-    path: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = abs.parent()?.to_path_buf();
-    let name = abs.file_name()?.to_os_string();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            let relevant = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()));
-            if relevant {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .map_err(|e| log::warn!("config file watching disabled: {e}"))
-    .ok()?;
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        log::warn!("config file watching disabled: {e}");
-        return None;
-    }
-    Some(watcher)
 }

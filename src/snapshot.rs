@@ -1,7 +1,7 @@
 //! The compiled, immutable form of a config that serves requests. One `Arc<Snapshot>` is
 //! loaded per request and kept to its end, so a reload never changes a request half-way.
 
-use crate::config::schema::ServerSection;
+use crate::config::schema::ServerConfig;
 use crate::router::{PathMatch, Router};
 use crate::upstream::UpstreamPool;
 use prometheus::Histogram;
@@ -80,12 +80,12 @@ pub struct Route {
 
 /// A whole compiled config.
 pub struct Snapshot {
-    /// The `[server]` section as loaded.
-    pub server: ServerSection,
+    /// The `[server]` section, split by when changes take effect.
+    pub server: ServerConfig,
     /// The route table.
     pub router: Router,
-    /// Routes by index (the router's `Entry::route`).
-    pub routes: Vec<Route>,
+    /// Routes by index (the router's `Entry::route`); a request keeps its route's `Arc`.
+    pub routes: Vec<Arc<Route>>,
     /// Every upstream pool (health checks and metrics walk these).
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// `[server] trusted_proxies`, parsed.

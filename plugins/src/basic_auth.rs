@@ -2,14 +2,14 @@
 //!
 //! Verifying an argon2 or bcrypt hash costs milliseconds of CPU on purpose, so it runs on the
 //! blocking thread pool, and successful verifications are cached for a short time, keyed by a
-//! SHA-256 of the credentials (never the password itself), in a bounded sharded map.
+//! SHA-256 of the credentials (never the password itself), in a bounded map.
 
+use crate::consumer::password::{verify, DUMMY_HASH};
 use crate::consumer::{Consumer, Consumers};
+use crate::ttl_cache::TtlCache;
 use crate::{
     parse_config, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
 };
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use async_trait::async_trait;
 use base64::Engine;
 use http::{HeaderValue, StatusCode};
@@ -17,14 +17,11 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Registered name.
 pub const NAME: &str = "basic_auth";
-
-const SHARDS: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,46 +48,6 @@ fn default_cache_size() -> usize {
     10_000
 }
 
-/// Does tollgate know how to verify this hash?
-pub fn is_supported_hash(hash: &str) -> bool {
-    if hash.starts_with("$argon2") {
-        PasswordHash::new(hash).is_ok()
-    } else {
-        ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60
-    }
-}
-
-/// Hash a password for `[[consumers]] basic_auth.password_hash` (argon2id, random salt).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    // The salt must be unpredictable: take it from the operating system.
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
-    let salt = SaltString::encode_b64(&raw).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-fn verify(password: &str, hash: &str) -> bool {
-    if hash.starts_with("$argon2") {
-        PasswordHash::new(hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    } else {
-        bcrypt::verify(password, hash).unwrap_or(false)
-    }
-}
-
-/// Verified against when the user is unknown, so the answer takes as long as for a known user
-/// with a wrong password (no user enumeration by timing).
-static DUMMY_HASH: LazyLock<String> =
-    LazyLock::new(|| hash_password("tollgate-dummy").unwrap_or_default());
-
 /// The compiled `basic_auth` plugin.
 pub struct BasicAuth {
     challenge: HeaderValue,
@@ -98,8 +55,8 @@ pub struct BasicAuth {
     anonymous: Option<Arc<Consumer>>,
     consumers: Arc<Consumers>,
     ttl: Duration,
-    shard_cap: usize,
-    cache: Vec<Mutex<HashMap<[u8; 32], Instant>>>,
+    /// Credentials verified recently, by SHA-256 of user, password and stored hash.
+    verified: TtlCache<[u8; 32], ()>,
 }
 
 /// Constructor for the registry.
@@ -129,8 +86,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         anonymous,
         consumers: ctx.consumers.clone(),
         ttl: Duration::from_secs(cfg.cache_ttl_seconds),
-        shard_cap: cfg.cache_size.div_ceil(SHARDS).max(1),
-        cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        verified: TtlCache::new(cfg.cache_size),
     }))
 }
 
@@ -174,27 +130,12 @@ impl BasicAuth {
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {
-        let shard = &self.cache[key[0] as usize % SHARDS];
-        match shard.lock() {
-            Ok(map) => map.get(key).is_some_and(|t| t.elapsed() < self.ttl),
-            Err(_) => false,
-        }
+        self.verified.get(key, Instant::now()).is_some()
     }
 
     fn remember(&self, key: [u8; 32]) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let shard = &self.cache[key[0] as usize % SHARDS];
-        if let Ok(mut map) = shard.lock() {
-            if map.len() >= self.shard_cap {
-                let ttl = self.ttl;
-                map.retain(|_, t| t.elapsed() < ttl);
-                if map.len() >= self.shard_cap {
-                    map.clear();
-                }
-            }
-            map.insert(key, Instant::now());
+        if !self.ttl.is_zero() {
+            self.verified.insert(key, (), Instant::now() + self.ttl);
         }
     }
 }
@@ -234,7 +175,7 @@ impl Plugin for BasicAuth {
             Some(Ok(c)) => c,
         };
         let entry = self.consumers.basic(&user);
-        let hash = entry.map_or(DUMMY_HASH.as_str(), |e| e.password_hash.as_str());
+        let hash = entry.map_or(DUMMY_HASH, |e| e.password_hash.as_str());
         let key = Self::cache_key(&user, &password, hash);
         let ok = if entry.is_some() && self.cached(&key) {
             true
@@ -283,17 +224,5 @@ mod tests {
         assert!(matches!(parse_basic(b"Basic Zm9v"), Some(Err(())))); // "foo": no colon
         let ok = parse_basic(b"basic YWxpY2U6czNjcjp0").unwrap().unwrap();
         assert_eq!(ok, ("alice".to_string(), "s3cr:t".to_string()));
-    }
-
-    #[test]
-    fn hashes_verify() {
-        let h = hash_password("pw").unwrap();
-        assert!(is_supported_hash(&h));
-        assert!(verify("pw", &h));
-        assert!(!verify("px", &h));
-        let b = bcrypt::hash("pw", 4).unwrap();
-        assert!(is_supported_hash(&b));
-        assert!(verify("pw", &b));
-        assert!(!is_supported_hash("plaintext"));
     }
 }

@@ -1,8 +1,10 @@
 //! Runs a route's request phase: each plugin in phase order, with the authentication plugins
 //! of a route treated as alternatives.
 
+use crate::answer::Answer;
 use crate::consumer::Identity;
-use crate::{Answer, Auth, Flow, Phase, Plugin, RequestCtx};
+use crate::context::RequestCtx;
+use crate::plugin::{Auth, Flow, Phase, Plugin};
 use pingora::proxy::Session;
 use std::sync::Arc;
 

@@ -75,34 +75,6 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     }))
 }
 
-/// `query` without parameter `name` (for `hide_credentials`).
-pub(crate) fn query_without(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Remove query parameter `name` from the request's URI, if present.
-pub(crate) fn strip_query_param(req: &mut RequestHeader, name: &str) {
-    let Some(q) = req.uri.query() else {
-        return;
-    };
-    if crate::req::query_value(q, name).is_none() {
-        return;
-    }
-    let rest = query_without(q, name);
-    let uri = if rest.is_empty() {
-        req.uri.path().to_string()
-    } else {
-        format!("{}?{rest}", req.uri.path())
-    };
-    if let Ok(u) = uri.parse() {
-        req.set_uri(u);
-    }
-}
-
 fn unauthorized(code: &'static str, message: &str) -> Answer {
     Answer::error(StatusCode::UNAUTHORIZED, code, message)
         .with_header(http::header::WWW_AUTHENTICATE, CHALLENGE)
@@ -153,7 +125,7 @@ impl Plugin for KeyAuth {
                 req.remove_header(h);
             }
             if let Some(q) = &self.query_param {
-                strip_query_param(req, q);
+                crate::req::strip_query_param(req, q);
             }
         }
     }
@@ -162,11 +134,6 @@ impl Plugin for KeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_helpers() {
-        assert_eq!(query_without("a=1&apikey=k&b", "apikey"), "a=1&b");
-    }
 
     #[test]
     fn anonymous_must_exist() {

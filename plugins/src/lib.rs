@@ -7,10 +7,13 @@
 //!
 //! Plugins know nothing about files, listeners or reloads: the gateway crate compiles a config
 //! into per-route chains of `Arc<dyn Plugin>` and calls the hooks in a fixed phase order.
+//! What must outlive a reload (counters, connections, the response cache) a plugin asks the
+//! [`SharedState`] for when it is built.
 
 pub mod acl;
 pub mod answer;
 pub mod basic_auth;
+pub mod build_ctx;
 pub mod cache;
 pub mod chain;
 pub mod concurrency;
@@ -25,15 +28,21 @@ pub mod key_auth;
 pub mod limit_key;
 pub mod metrics;
 pub mod mock;
+pub mod net;
 pub mod plugin;
 pub mod rate_limit;
 pub mod registry;
 pub mod req;
 pub mod request_size;
+pub mod state;
+pub mod sync;
+pub mod ttl_cache;
 
 pub use answer::Answer;
+pub use build_ctx::BuildCtx;
 pub use config_error::{parse_config, ConfigError};
 pub use consumer::{Consumer, Consumers, Identity};
 pub use context::{RequestCtx, RequestId};
 pub use plugin::{Auth, Flow, Phase, Plugin};
-pub use registry::{BuildCtx, Constructor, Registry};
+pub use registry::{Constructor, Registry};
+pub use state::SharedState;

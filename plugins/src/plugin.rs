@@ -1,7 +1,9 @@
 //! The plugin trait and the fixed phase order of a chain.
 
+use crate::answer::Answer;
+use crate::cache::policy::CachePolicy;
 use crate::consumer::{Consumer, Identity};
-use crate::{Answer, RequestCtx};
+use crate::context::RequestCtx;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -88,7 +90,7 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// The route's cache policy, for the `cache` plugin (the gateway runs Pingora's cache
     /// phases with it).
-    fn cache_policy(&self) -> Option<&Arc<crate::cache::CachePolicy>> {
+    fn cache_policy(&self) -> Option<&Arc<CachePolicy>> {
         None
     }
 

@@ -1,30 +1,14 @@
 //! Maps a plugin name from the TOML config to the constructor that validates its config.
 
-use crate::consumer::Consumers;
+use crate::build_ctx::BuildCtx;
+use crate::config_error::ConfigError;
+use crate::plugin::Plugin;
 use crate::{
     acl, basic_auth, cache, concurrency, cors, headers, ip_restriction, jwt, key_auth, mock,
-    rate_limit, request_size, ConfigError, Plugin,
+    rate_limit, request_size,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// What a plugin constructor may use besides its own TOML table.
-pub struct BuildCtx {
-    /// The config's consumers (for auth plugins).
-    pub consumers: Arc<Consumers>,
-    /// Where the plugin is configured: `global` or `route:<name>`. Plugins with state that
-    /// must survive a reload (counters) key it by this.
-    pub scope: String,
-}
-
-impl Default for BuildCtx {
-    fn default() -> Self {
-        BuildCtx {
-            consumers: Arc::new(Consumers::default()),
-            scope: "global".to_string(),
-        }
-    }
-}
 
 /// Builds a plugin from its TOML table (without the `name`/`enabled` keys), or says what is
 /// wrong with it, with paths relative to that table.

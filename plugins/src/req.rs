@@ -40,6 +40,46 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `query` without parameter `name`.
+pub fn query_without(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Remove query parameter `name` from the request's URI, if present (`hide_credentials`).
+pub fn strip_query_param(req: &mut RequestHeader, name: &str) {
+    let Some(q) = req.uri.query() else {
+        return;
+    };
+    if query_value(q, name).is_none() {
+        return;
+    }
+    let rest = query_without(q, name);
+    let uri = if rest.is_empty() {
+        req.uri.path().to_string()
+    } else {
+        format!("{}?{rest}", req.uri.path())
+    };
+    if let Ok(u) = uri.parse() {
+        req.set_uri(u);
+    }
+}
+
+/// The request's `Content-Length`: `None` when there is none, `Some(Err(()))` when it is not
+/// a number.
+pub fn content_length(req: &RequestHeader) -> Option<Result<u64, ()>> {
+    let v = req.headers.get(http::header::CONTENT_LENGTH)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or(()),
+    )
+}
+
 /// The value of cookie `name` (all `Cookie` headers are searched).
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers
@@ -71,6 +111,14 @@ mod tests {
         assert_eq!(cookie(&r, "session"), Some(&b"abc"[..]));
         assert_eq!(cookie(&r, "b"), Some(&b"2"[..]));
         assert_eq!(cookie(&r, "sess"), None);
+        assert_eq!(query_without("a=1&apikey=k&b", "apikey"), "a=1&b");
+        strip_query_param(&mut r, "k");
+        assert_eq!(r.uri.query(), Some("a=1&flag"));
+        assert_eq!(content_length(&r), None);
+        r.insert_header("content-length", " 12 ").unwrap();
+        assert_eq!(content_length(&r), Some(Ok(12)));
+        r.insert_header("content-length", "1x").unwrap();
+        assert_eq!(content_length(&r), Some(Err(())));
         let mut v6 = RequestHeader::build("GET", b"/", None).unwrap();
         v6.insert_header("host", "[::1]:80").unwrap();
         assert_eq!(host(&v6), "::1");

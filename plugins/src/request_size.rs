@@ -59,17 +59,14 @@ impl Plugin for RequestSize {
 
     async fn request(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
         let req = session.req_header();
-        let length = req.headers.get(http::header::CONTENT_LENGTH);
-        match length {
-            Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(n) if n > self.max => Flow::Respond(too_large()),
-                Some(_) => Flow::Continue,
-                None => Flow::Respond(Answer::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "invalid Content-Length",
-                )),
-            },
+        match crate::req::content_length(req) {
+            Some(Ok(n)) if n > self.max => Flow::Respond(too_large()),
+            Some(Ok(_)) => Flow::Continue,
+            Some(Err(())) => Flow::Respond(Answer::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid Content-Length",
+            )),
             None if self.require_content_length
                 && req.headers.contains_key(http::header::TRANSFER_ENCODING) =>
             {

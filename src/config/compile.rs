@@ -2,22 +2,25 @@
 
 use super::schema::{RouteSection, ServerSection, UpstreamSection};
 use crate::metrics::METRICS;
+use crate::retained::Retained;
 use crate::router::Router;
 use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, Timeouts};
-use crate::upstream::{UpstreamCache, UpstreamPool};
+use crate::upstream::UpstreamPool;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_plugins::net::parse_nets;
 use tollgate_plugins::{parse_config, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry};
 
 const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "plugins"];
 
-/// Compile a parsed (and env-expanded) config. All errors are returned together.
+/// Compile a parsed (and env-expanded) config. All errors are returned together. What must
+/// outlive a reload (pools, plugin state) is taken from `retained`.
 pub fn compile(
     root: &toml::Value,
     registry: &Registry,
-    cache: &UpstreamCache,
+    retained: &Retained,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let empty = toml::Table::new();
@@ -61,7 +64,7 @@ pub fn compile(
             ));
             continue;
         }
-        match cache.get_or_build(sec) {
+        match retained.upstreams.get_or_build(sec) {
             Ok(pool) => {
                 upstreams.insert(sec.name.clone(), pool.clone());
                 upstream_list.push(pool);
@@ -80,6 +83,7 @@ pub fn compile(
     let build_ctx = BuildCtx {
         consumers: Arc::new(consumers),
         scope: "global".to_string(),
+        state: retained.plugins.clone(),
     };
     let globals = build_globals(table.get("plugins"), registry, &build_ctx, &mut errors);
 
@@ -110,7 +114,7 @@ pub fn compile(
             &build_ctx,
             &mut errors,
         ) {
-            routes.push(route);
+            routes.push(Arc::new(route));
         }
     }
     // Every route that parsed is checked, so its match-rule errors show with the others.
@@ -125,12 +129,12 @@ pub fn compile(
         return Err(errors);
     }
     Ok(Snapshot {
-        trusted_proxies: tollgate_plugins::ip_restriction::parse_nets(
+        trusted_proxies: parse_nets(
             &server.trusted_proxies,
             "server.trusted_proxies",
             &mut Vec::new(),
         ),
-        server,
+        server: server.into(),
         router,
         routes,
         upstreams: upstream_list,
@@ -164,11 +168,7 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
             "expected one of off, error, warn, info, debug, trace",
         ));
     }
-    tollgate_plugins::ip_restriction::parse_nets(
-        &s.trusted_proxies,
-        "server.trusted_proxies",
-        errors,
-    );
+    parse_nets(&s.trusted_proxies, "server.trusted_proxies", errors);
     if s.access_log.enabled && s.access_log.path.is_empty() {
         errors.push(ConfigError::new(
             "server.access_log.path",
@@ -347,10 +347,7 @@ fn compile_route(
         (None, false) => PathRewrite::Keep,
     };
 
-    let route_ctx = BuildCtx {
-        consumers: ctx.consumers.clone(),
-        scope: format!("route:{}", r.name),
-    };
+    let route_ctx = ctx.with_scope(format!("route:{}", r.name));
     let ctx = &route_ctx;
     // Route entries override or disable globals of the same name.
     let mut overridden: BTreeMap<String, Option<Arc<dyn Plugin>>> = BTreeMap::new();

@@ -8,8 +8,8 @@ pub mod env;
 pub mod lines;
 pub mod schema;
 
+use crate::retained::Retained;
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamCache;
 use std::fmt;
 use std::path::Path;
 use tollgate_plugins::{ConfigError, Registry};
@@ -43,8 +43,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Read, check and compile the config at `path`.
-pub fn load_file(path: &Path, cache: &UpstreamCache) -> Result<Snapshot, ConfigErrors> {
+/// Read, check and compile the config at `path`, reusing what `retained` keeps from the
+/// running config.
+pub fn load_file(path: &Path, retained: &Retained) -> Result<Snapshot, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: file.clone(),
@@ -53,11 +54,11 @@ pub fn load_file(path: &Path, cache: &UpstreamCache) -> Result<Snapshot, ConfigE
             ConfigError::new("", format!("cannot read the file: {e}")),
         )],
     })?;
-    load_str(&text, &file, cache)
+    load_str(&text, &file, retained)
 }
 
 /// Check and compile config text; `file` names it in errors.
-pub fn load_str(text: &str, file: &str, cache: &UpstreamCache) -> Result<Snapshot, ConfigErrors> {
+pub fn load_str(text: &str, file: &str, retained: &Retained) -> Result<Snapshot, ConfigErrors> {
     let index = lines::LineIndex::new(text);
     let fail = |errors: Vec<ConfigError>| {
         let mut errors: Vec<_> = errors
@@ -88,5 +89,5 @@ pub fn load_str(text: &str, file: &str, cache: &UpstreamCache) -> Result<Snapsho
     if !errors.is_empty() {
         return Err(fail(errors));
     }
-    compile::compile(&root, &Registry::builtin(), cache).map_err(fail)
+    compile::compile(&root, &Registry::builtin(), retained).map_err(fail)
 }

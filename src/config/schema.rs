@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// `[server]`: process-wide settings. Changes to `listen`, `admin_listen`, `threads` and
-/// `work_stealing` take effect on restart only; the rest applies on reload.
+/// `[server]` as written: process-wide settings. Compiled into a [`ServerConfig`], which
+/// sorts them into those a reload applies and those that need a restart.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
@@ -68,6 +68,117 @@ pub struct ServerSection {
     /// Unix socket over which listening sockets pass to a new process on upgrade.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+}
+
+/// `[server]` compiled, split by when a change takes effect. The split is made by
+/// destructuring every field of [`ServerSection`] in [`ServerConfig::from`], so a new key
+/// cannot be added without deciding which side it is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Bound when the process starts; a reload that changes them warns and keeps them.
+    pub process: ProcessSettings,
+    /// Applied by every reload.
+    pub live: LiveSettings,
+}
+
+/// The `[server]` keys that need a restart (or an `--upgrade`) to change: listeners, the
+/// Pingora server's own settings, and files opened at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    /// `listen`.
+    pub listen: Vec<String>,
+    /// `admin_listen`.
+    pub admin_listen: String,
+    /// `tls`.
+    pub tls: Vec<TlsListenerSection>,
+    /// `h2c`.
+    pub h2c: bool,
+    /// `threads`.
+    pub threads: usize,
+    /// `work_stealing`.
+    pub work_stealing: bool,
+    /// `keepalive_requests`.
+    pub keepalive_requests: u32,
+    /// `h2_idle_timeout_seconds`.
+    pub h2_idle_timeout_seconds: u64,
+    /// `upstream_keepalive_pool_size`.
+    pub upstream_keepalive_pool_size: usize,
+    /// `shutdown_grace_period_seconds`.
+    pub shutdown_grace_period_seconds: u64,
+    /// `shutdown_timeout_seconds`.
+    pub shutdown_timeout_seconds: u64,
+    /// `access_log`.
+    pub access_log: AccessLogSection,
+    /// `pid_file`.
+    pub pid_file: String,
+    /// `upgrade_sock`.
+    pub upgrade_sock: String,
+}
+
+/// The `[server]` keys every reload applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// `log_level` (unless `RUST_LOG` is set).
+    pub log_level: String,
+    /// `keepalive_timeout_seconds`.
+    pub keepalive_timeout_seconds: u64,
+    /// `max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// `trusted_proxies`, as written (the snapshot holds them parsed).
+    pub trusted_proxies: Vec<String>,
+    /// `cache_max_bytes`.
+    pub cache_max_bytes: usize,
+}
+
+impl From<ServerSection> for ServerConfig {
+    fn from(s: ServerSection) -> Self {
+        let ServerSection {
+            listen,
+            admin_listen,
+            threads,
+            work_stealing,
+            log_level,
+            shutdown_grace_period_seconds,
+            shutdown_timeout_seconds,
+            tls,
+            h2c,
+            keepalive_timeout_seconds,
+            keepalive_requests,
+            h2_idle_timeout_seconds,
+            max_header_bytes,
+            upstream_keepalive_pool_size,
+            trusted_proxies,
+            cache_max_bytes,
+            access_log,
+            pid_file,
+            upgrade_sock,
+        } = s;
+        ServerConfig {
+            process: ProcessSettings {
+                listen,
+                admin_listen,
+                tls,
+                h2c,
+                threads,
+                work_stealing,
+                keepalive_requests,
+                h2_idle_timeout_seconds,
+                upstream_keepalive_pool_size,
+                shutdown_grace_period_seconds,
+                shutdown_timeout_seconds,
+                access_log,
+                pid_file,
+                upgrade_sock,
+            },
+            live: LiveSettings {
+                log_level,
+                keepalive_timeout_seconds,
+                max_header_bytes,
+                trusted_proxies,
+                cache_max_bytes,
+            },
+        }
+    }
 }
 
 /// `[[server.tls]]`: an HTTPS listener.

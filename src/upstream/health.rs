@@ -37,7 +37,7 @@ impl HealthChecker {
                 .map(|(_, b)| pool.is_healthy(b))
                 .collect();
             pool.health_check_if_due(now_ms).await;
-            let now = super::outlier::now_ms();
+            let now = pool.clock.now_ms();
             for (i, (label, _)) in pool.backends.iter().enumerate() {
                 if pool.states[i].take_return(now) {
                     log::warn!(

@@ -19,6 +19,7 @@ use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tollgate_plugins::sync::lock;
 use tollgate_plugins::ConfigError;
 
 /// How many selector steps to take looking for a healthy, untried backend.
@@ -108,6 +109,8 @@ pub struct UpstreamPool {
     passive: Option<outlier::PassiveHealth>,
     /// The circuit breaker, when configured.
     pub breaker: Option<outlier::Breaker>,
+    /// The clock of `states`' ejection times.
+    pub clock: outlier::Clock,
     /// Round-robin position, or the seed of random picks.
     rng: AtomicU64,
     /// `tollgate_upstream_request_duration_seconds{upstream}`, resolved once.
@@ -285,6 +288,7 @@ impl UpstreamPool {
                 .as_ref()
                 .map(outlier::PassiveHealth::from),
             breaker: sec.circuit_breaker.as_ref().map(outlier::Breaker::new),
+            clock: outlier::Clock::new(),
             rng: AtomicU64::new(0),
             duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
         })
@@ -293,7 +297,7 @@ impl UpstreamPool {
     /// Pick a healthy, not ejected backend not in `exclude`, using `key` for consistent
     /// hashing; returns its index in `backends`.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<usize> {
-        let now = outlier::now_ms();
+        let now = self.clock.now_ms();
         let eligible = |i: usize| {
             self.healthy[i].load(Ordering::Relaxed)
                 && !self.states[i].ejected(now)
@@ -374,7 +378,7 @@ impl UpstreamPool {
         let (Some(ph), Some(state)) = (&self.passive, self.states.get(index)) else {
             return;
         };
-        if let Some(time) = ph.record(state, &self.states, ok) {
+        if let Some(time) = ph.record(state, &self.states, ok, self.clock.now_ms()) {
             let label = &self.backends[index].0;
             log::warn!(
                 "upstream {} backend {label} ejected for {time:?} after consecutive failures",
@@ -529,11 +533,9 @@ impl UpstreamCache {
         &self,
         sec: &UpstreamSection,
     ) -> Result<Arc<UpstreamPool>, Vec<ConfigError>> {
-        if let Ok(pools) = self.pools.lock() {
-            if let Some(p) = pools.get(&sec.name) {
-                if &p.definition == sec {
-                    return Ok(p.clone());
-                }
+        if let Some(p) = lock(&self.pools).get(&sec.name) {
+            if &p.definition == sec {
+                return Ok(p.clone());
             }
         }
         UpstreamPool::build(sec).map(Arc::new)
@@ -541,11 +543,10 @@ impl UpstreamCache {
 
     /// Remember exactly these pools (those of the config that was just activated).
     pub fn retain(&self, pools: &[Arc<UpstreamPool>]) {
-        if let Ok(mut map) = self.pools.lock() {
-            map.clear();
-            for p in pools {
-                map.insert(p.name.to_string(), p.clone());
-            }
+        let mut map = lock(&self.pools);
+        map.clear();
+        for p in pools {
+            map.insert(p.name.to_string(), p.clone());
         }
     }
 }

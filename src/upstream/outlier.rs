@@ -4,14 +4,31 @@
 
 use crate::config::schema::{CircuitBreakerSection, PassiveHealthSection};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tollgate_plugins::sync::lock;
 
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// A monotonic millisecond clock from when its owner (a pool, a breaker) was made; times
+/// kept in atomics are readings of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
 
-/// Milliseconds since the process started (monotonic), never 0.
-pub fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64 + 1
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Clock(Instant::now())
+    }
+
+    /// Milliseconds since the clock started, never 0 (0 means "never" in the atomics).
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64 + 1
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
 }
 
 /// Live counters of one backend.
@@ -64,14 +81,20 @@ impl From<&PassiveHealthSection> for PassiveHealth {
 }
 
 impl PassiveHealth {
-    /// Record an outcome; returns the ejection time when this failure ejected the backend.
-    pub fn record(&self, b: &BackendState, all: &[BackendState], ok: bool) -> Option<Duration> {
+    /// Record an outcome at `now` (the pool's clock); returns the ejection time when this
+    /// failure ejected the backend.
+    pub fn record(
+        &self,
+        b: &BackendState,
+        all: &[BackendState],
+        ok: bool,
+        now: u64,
+    ) -> Option<Duration> {
         if ok {
             b.consecutive_failures.store(0, Ordering::Relaxed);
             return None;
         }
         let n = b.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = now_ms();
         if n < self.consecutive_failures || b.ejected(now) {
             return None;
         }
@@ -122,6 +145,7 @@ pub struct Breaker {
     window_ms: u64,
     open_ms: u64,
     half_open_requests: u32,
+    clock: Clock,
     state: Mutex<BreakerState>,
 }
 
@@ -146,6 +170,7 @@ impl Breaker {
             window_ms: s.window_ms.max(1),
             open_ms: s.open_ms,
             half_open_requests: s.half_open_requests.max(1),
+            clock: Clock::new(),
             state: Mutex::new(BreakerState {
                 circuit: Circuit::Closed,
                 window_start: 0,
@@ -161,15 +186,14 @@ impl Breaker {
 
     /// The current circuit.
     pub fn circuit(&self) -> Circuit {
-        self.state.lock().map_or(Circuit::Closed, |s| s.circuit)
+        lock(&self.state).circuit
     }
 
-    /// May a request go to the upstream?
+    /// May a request go to the upstream? A [`Admission::Probe`] must be ended by
+    /// [`Breaker::record`] or [`Breaker::release_probe`].
     pub fn admit(&self) -> Admission {
-        let Ok(mut s) = self.state.lock() else {
-            return Admission::Allowed;
-        };
-        let now = now_ms();
+        let mut s = lock(&self.state);
+        let now = self.clock.now_ms();
         match s.circuit {
             Circuit::Closed => Admission::Allowed,
             Circuit::Open if now.saturating_sub(s.opened_at) < self.open_ms => Admission::Refused,
@@ -187,12 +211,18 @@ impl Breaker {
         }
     }
 
+    /// A probe ended without an outcome (no backend was tried): give its slot back.
+    pub fn release_probe(&self) {
+        let mut s = lock(&self.state);
+        if s.circuit == Circuit::HalfOpen {
+            s.probes_in_flight = s.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     /// Record the outcome of a request; returns the new circuit when it changed.
     pub fn record(&self, probe: bool, ok: bool) -> Option<Circuit> {
-        let Ok(mut s) = self.state.lock() else {
-            return None;
-        };
-        let now = now_ms();
+        let mut s = lock(&self.state);
+        let now = self.clock.now_ms();
         let before = s.circuit;
         match s.circuit {
             Circuit::HalfOpen if probe => {
@@ -270,6 +300,26 @@ mod tests {
     }
 
     #[test]
+    fn released_probes_free_their_slot() {
+        let b = Breaker::new(&CircuitBreakerSection {
+            failure_ratio: 0.0,
+            consecutive_failures: 1,
+            min_requests: 1,
+            window_ms: 60_000,
+            open_ms: 0,
+            half_open_requests: 1,
+        });
+        assert_eq!(b.record(false, false), Some(Circuit::Open));
+        for _ in 0..5 {
+            // A probe that never reached a backend must not hold the only slot.
+            assert_eq!(b.admit(), Admission::Probe);
+            b.release_probe();
+        }
+        assert_eq!(b.admit(), Admission::Probe);
+        assert_eq!(b.record(true, true), Some(Circuit::Closed));
+    }
+
+    #[test]
     fn ejection_grows_and_is_capped_by_share() {
         let ph = PassiveHealth {
             consecutive_failures: 2,
@@ -278,26 +328,28 @@ mod tests {
             max_ejected_percent: 50,
         };
         let all: Vec<BackendState> = (0..4).map(|_| BackendState::default()).collect();
-        assert_eq!(ph.record(&all[0], &all, false), None);
+        let now = 1_000;
+        assert_eq!(ph.record(&all[0], &all, false, now), None);
         assert_eq!(
-            ph.record(&all[0], &all, false),
+            ph.record(&all[0], &all, false, now),
             Some(Duration::from_millis(100))
         );
-        assert!(all[0].ejected(now_ms()));
-        ph.record(&all[1], &all, false);
+        assert!(all[0].ejected(now));
+        assert!(!all[0].ejected(now + 100));
+        ph.record(&all[1], &all, false, now);
         assert_eq!(
-            ph.record(&all[1], &all, false),
+            ph.record(&all[1], &all, false, now),
             Some(Duration::from_millis(100))
         );
-        ph.record(&all[2], &all, false);
+        ph.record(&all[2], &all, false, now);
         assert_eq!(
-            ph.record(&all[2], &all, false),
+            ph.record(&all[2], &all, false, now),
             None,
             "at most half ejected"
         );
         // A success resets the run.
-        ph.record(&all[3], &all, false);
-        ph.record(&all[3], &all, true);
-        assert_eq!(ph.record(&all[3], &all, false), None);
+        ph.record(&all[3], &all, false, now);
+        ph.record(&all[3], &all, true, now);
+        assert_eq!(ph.record(&all[3], &all, false, now), None);
     }
 }

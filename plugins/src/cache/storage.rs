@@ -1,10 +1,13 @@
 //! The in-memory cache storage: whole objects in sharded maps, a byte budget enforced by
 //! Pingora's LRU eviction manager, and indexes so a URL (all its variants) or a route can be
-//! purged at once. One per process; it outlives config reloads.
+//! purged at once. One per process ([`CacheStore::of`]): Pingora holds it by `'static`
+//! reference, and it outlives config reloads.
 //!
 //! Objects are stored when their body is complete (no reading of partial writes): concurrent
 //! misses for one key wait on the cache lock and are then served from the stored object.
 
+use crate::state::SharedState;
+use crate::sync::{read, write};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::eviction::lru::Manager as LruManager;
@@ -18,7 +21,7 @@ use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 const SHARDS: usize = 16;
@@ -58,31 +61,82 @@ pub struct MemStorage {
     bytes: AtomicUsize,
     objects: AtomicUsize,
     evictions: AtomicU64,
+    /// The byte budget: least recently used objects are evicted past it.
+    eviction: LruManager<EVICTION_SHARDS>,
 }
 
-/// The process's cache storage.
-pub static STORAGE: LazyLock<MemStorage> = LazyLock::new(|| MemStorage {
-    shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-    by_url: RwLock::new(HashMap::new()),
-    bytes: AtomicUsize::new(0),
-    objects: AtomicUsize::new(0),
-    evictions: AtomicU64::new(0),
-});
+const EVICTION_SHARDS: usize = 16;
+/// Objects the eviction manager makes room for up front.
+const EVICTION_CAPACITY: usize = 8192;
+/// Longest a cache lock is held by a fetch before waiting requests go to the origin.
+const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The byte budget: least recently used objects are evicted past it.
-pub static EVICTION: LazyLock<LruManager<16>> =
-    LazyLock::new(|| LruManager::with_capacity(DEFAULT_MAX_BYTES, 8192));
+/// The response cache of the process: storage, eviction and the lock that coalesces misses.
+pub struct CacheStore {
+    /// Objects and their indexes.
+    pub storage: MemStorage,
+    /// Concurrent misses of one key wait for the first (bounded by the age timeout).
+    pub lock: Box<CacheLock>,
+}
 
-/// Concurrent misses of one key wait for the first (bounded by the age timeout).
-pub static LOCK: LazyLock<Box<CacheLock>> =
-    LazyLock::new(|| CacheLock::new_boxed(Duration::from_secs(10)));
+impl CacheStore {
+    /// The process's cache (made on first use, then kept for the life of the process).
+    pub fn of(state: &SharedState) -> &'static CacheStore {
+        state.process_wide(|| CacheStore {
+            storage: MemStorage {
+                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                by_url: RwLock::new(HashMap::new()),
+                bytes: AtomicUsize::new(0),
+                objects: AtomicUsize::new(0),
+                evictions: AtomicU64::new(0),
+                eviction: LruManager::with_capacity(DEFAULT_MAX_BYTES, EVICTION_CAPACITY),
+            },
+            lock: CacheLock::new_boxed(LOCK_AGE_TIMEOUT),
+        })
+    }
+
+    /// The eviction manager (for Pingora's cache phases).
+    pub fn eviction(&self) -> &LruManager<EVICTION_SHARDS> {
+        &self.storage.eviction
+    }
+
+    /// Set the byte budget (`[server] cache_max_bytes`).
+    pub fn set_budget(&self, bytes: usize) {
+        self.storage.eviction.set_weight_limit(bytes);
+    }
+}
+
+/// The cached objects of one route, held by its cache policy: when a reload removes the
+/// route (and the [`SharedState`] is pruned), its objects are purged.
+pub struct CacheScope {
+    route: String,
+    store: &'static CacheStore,
+}
+
+impl CacheScope {
+    /// The scope of `route` in the process's cache.
+    pub fn of(state: &SharedState, route: &str) -> Arc<CacheScope> {
+        let store = CacheStore::of(state);
+        state.get_or_insert(&format!("cache:{route}"), || CacheScope {
+            route: route.to_string(),
+            store,
+        })
+    }
+
+    /// The store this scope's objects live in.
+    pub fn store(&self) -> &'static CacheStore {
+        self.store
+    }
+}
+
+impl Drop for CacheScope {
+    fn drop(&mut self) {
+        self.store.storage.purge_route(&self.route, None);
+    }
+}
 
 /// Default byte budget (`[server] cache_max_bytes`).
 pub const DEFAULT_MAX_BYTES: usize = 128 * 1024 * 1024;
-
-fn internal(msg: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::InternalError, msg)
-}
 
 impl MemStorage {
     fn shard(&self, k: &HashBinary) -> &RwLock<HashMap<HashBinary, Object>> {
@@ -106,16 +160,13 @@ impl MemStorage {
 
     fn insert(&self, combined: HashBinary, obj: Object) {
         if let Some(o) = &obj.origin {
-            if let Ok(mut idx) = self.by_url.write() {
-                idx.entry(o.url).or_default().insert(combined);
-            }
+            write(&self.by_url)
+                .entry(o.url)
+                .or_default()
+                .insert(combined);
         }
         let size = obj.size();
-        let old = self
-            .shard(&combined)
-            .write()
-            .ok()
-            .and_then(|mut m| m.insert(combined, obj));
+        let old = write(self.shard(&combined)).insert(combined, obj);
         self.bytes.fetch_add(size, Ordering::Relaxed);
         match old {
             Some(o) => {
@@ -128,16 +179,15 @@ impl MemStorage {
     }
 
     fn remove(&self, combined: &HashBinary) -> Option<Object> {
-        let obj = self.shard(combined).write().ok()?.remove(combined)?;
+        let obj = write(self.shard(combined)).remove(combined)?;
         self.bytes.fetch_sub(obj.size(), Ordering::Relaxed);
         self.objects.fetch_sub(1, Ordering::Relaxed);
         if let Some(o) = &obj.origin {
-            if let Ok(mut idx) = self.by_url.write() {
-                if let Some(set) = idx.get_mut(&o.url) {
-                    set.remove(combined);
-                    if set.is_empty() {
-                        idx.remove(&o.url);
-                    }
+            let mut idx = write(&self.by_url);
+            if let Some(set) = idx.get_mut(&o.url) {
+                set.remove(combined);
+                if set.is_empty() {
+                    idx.remove(&o.url);
                 }
             }
         }
@@ -150,7 +200,7 @@ impl MemStorage {
         for k in keys {
             if let Some(obj) = self.remove(&k) {
                 let entry = CacheEntryKey::key_only(obj.compact);
-                EVICTION.remove((&entry).into());
+                self.eviction.remove((&entry).into());
                 n += 1;
             }
         }
@@ -159,11 +209,9 @@ impl MemStorage {
 
     /// Purge every variant of one URL (unsafe methods, `PURGE`, admin by URL).
     pub fn purge_url(&self, url: &HashBinary) -> usize {
-        let keys: Vec<HashBinary> = self
-            .by_url
-            .read()
-            .ok()
-            .and_then(|idx| idx.get(url).map(|s| s.iter().copied().collect()))
+        let keys: Vec<HashBinary> = read(&self.by_url)
+            .get(url)
+            .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         self.remove_all(keys)
     }
@@ -172,17 +220,16 @@ impl MemStorage {
     pub fn purge_route(&self, route: &str, path: Option<&str>) -> usize {
         let mut keys = Vec::new();
         for shard in &self.shards {
-            if let Ok(m) = shard.read() {
-                keys.extend(
-                    m.iter()
-                        .filter(|(_, o)| {
-                            o.origin.as_ref().is_some_and(|x| {
-                                x.route == route && path.is_none_or(|p| x.path == p)
-                            })
-                        })
-                        .map(|(k, _)| *k),
-                );
-            }
+            keys.extend(
+                read(shard)
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.origin
+                            .as_ref()
+                            .is_some_and(|x| x.route == route && path.is_none_or(|p| x.path == p))
+                    })
+                    .map(|(k, _)| *k),
+            );
         }
         self.remove_all(keys)
     }
@@ -240,6 +287,7 @@ impl HandleHit for Hit {
 }
 
 struct Miss {
+    storage: &'static MemStorage,
     combined: HashBinary,
     compact: CompactCacheKey,
     meta: (Vec<u8>, Vec<u8>),
@@ -262,7 +310,7 @@ impl HandleMiss for Miss {
             compact: self.compact,
         };
         let size = obj.size();
-        STORAGE.insert(self.combined, obj);
+        self.storage.insert(self.combined, obj);
         Ok(MissFinishType::Created(size))
     }
 }
@@ -275,10 +323,7 @@ impl Storage for MemStorage {
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let combined = key.combined_bin();
-        let found = self
-            .shard(&combined)
-            .read()
-            .map_err(|_| internal("cache shard lock poisoned"))?
+        let found = read(self.shard(&combined))
             .get(&combined)
             .map(|o| (o.meta.clone(), o.body.clone()));
         let Some((meta, body)) = found else {
@@ -303,6 +348,7 @@ impl Storage for MemStorage {
         _: &SpanHandle,
     ) -> Result<MissHandler> {
         Ok(Box::new(Miss {
+            storage: self,
             combined: key.combined_bin(),
             compact: key.to_compact(),
             meta: meta.serialize()?,
@@ -341,10 +387,7 @@ impl Storage for MemStorage {
     ) -> Result<bool> {
         let combined = key.combined_bin();
         let serialized = meta.serialize()?;
-        let mut shard = self
-            .shard(&combined)
-            .write()
-            .map_err(|_| internal("cache shard lock poisoned"))?;
+        let mut shard = write(self.shard(&combined));
         match shard.get_mut(&combined) {
             Some(o) => {
                 let before = o.size();

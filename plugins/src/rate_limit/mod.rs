@@ -3,12 +3,14 @@
 
 mod local;
 mod redis_store;
+mod window;
 
 use crate::limit_key::{LimitBySpec, LimitKey};
 use crate::metrics::METRICS;
 use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
+use local::LocalCounters;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use redis_store::RedisStore;
@@ -16,105 +18,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use window::{Decision, Window};
 
 /// Registered name.
 pub const NAME: &str = "rate_limit";
 
-/// One window: at most `max` requests per `ms` milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Window {
-    /// Window length in milliseconds.
-    pub ms: u64,
-    /// Requests allowed per window.
-    pub max: u64,
-}
-
-/// The outcome of one check, with what the headers report (the tightest window).
-#[derive(Debug, Clone, Copy)]
-pub struct Decision {
-    /// The request may pass (and was counted).
-    pub allowed: bool,
-    /// Limit of the tightest window.
-    pub limit: u64,
-    /// Requests left in the tightest window after this one.
-    pub remaining: u64,
-    /// Milliseconds until the tightest window's current period ends.
-    pub reset_ms: u64,
-    /// Window length of the tightest window (for the IETF policy header).
-    pub window_ms: u64,
-    /// When refused: milliseconds until a request could pass again.
-    pub retry_after_ms: u64,
-}
-
-impl Decision {
-    fn allow_all(windows: &[Window]) -> Self {
-        let w = windows
-            .first()
-            .copied()
-            .unwrap_or(Window { ms: 1000, max: 0 });
-        Decision {
-            allowed: true,
-            limit: w.max,
-            remaining: w.max,
-            reset_ms: w.ms,
-            window_ms: w.ms,
-            retry_after_ms: 0,
-        }
-    }
-
-    /// Decide from each window's `(estimate, current, previous, ms into the window)`.
-    pub(crate) fn from_states(windows: &[Window], states: &[(f64, u64, u64, u64)]) -> Self {
-        let allowed = windows
-            .iter()
-            .zip(states)
-            .all(|(w, s)| s.0 + 1.0 <= w.max as f64 + 1e-9);
-        let mut best: Option<(u64, usize)> = None;
-        let mut retry = 0u64;
-        for (i, (w, &(est, current, previous, into))) in windows.iter().zip(states).enumerate() {
-            let used = est + if allowed { 1.0 } else { 0.0 };
-            let remaining = (w.max as f64 - used).floor().max(0.0) as u64;
-            if best.is_none_or(|(r, _)| remaining < r) {
-                best = Some((remaining, i));
-            }
-            if est + 1.0 > w.max as f64 + 1e-9 {
-                retry = retry.max(wait_ms(w, current, previous, into));
-            }
-        }
-        let (remaining, i) = best.unwrap_or((0, 0));
-        let w = windows
-            .get(i)
-            .copied()
-            .unwrap_or(Window { ms: 1000, max: 0 });
-        let into = states.get(i).map_or(0, |s| s.3);
-        Decision {
-            allowed,
-            limit: w.max,
-            remaining,
-            reset_ms: w.ms - into,
-            window_ms: w.ms,
-            retry_after_ms: if allowed { 0 } else { retry.max(1) },
-        }
-    }
-}
-
-/// How long until `previous × unelapsed share + current + 1 ≤ max`.
-fn wait_ms(w: &Window, current: u64, previous: u64, into: u64) -> u64 {
-    let ms = w.ms as f64;
-    if current + 1 > w.max {
-        // Not before this window ends; then the current count becomes the previous one.
-        let rest = w.ms - into;
-        if current == 0 {
-            return rest;
-        }
-        let r = (ms - (w.max.saturating_sub(1)) as f64 * ms / current as f64).max(0.0);
-        rest + r.ceil() as u64
-    } else if previous == 0 {
-        1
-    } else {
-        let r = ms - (w.max - 1 - current) as f64 * ms / previous as f64;
-        (r.ceil() as u64).saturating_sub(into).max(1)
-    }
-}
+/// Keys counted in the process per limit definition; past it the least recently used key
+/// is forgotten (see [`local`]).
+const DEFAULT_MAX_KEYS: usize = 100_000;
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -189,7 +100,8 @@ struct RateLimitConfig {
 pub struct RateLimit {
     key: LimitKey,
     windows: Vec<Window>,
-    scope: u64,
+    /// This definition's counters in the process (the store, or Redis's fallback).
+    local: Arc<LocalCounters>,
     redis: Option<(Arc<RedisStore>, String)>,
     on_store_error: OnStoreError,
     on_store_error_label: &'static str,
@@ -234,7 +146,9 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         h.update(w.max.to_le_bytes());
     }
     let digest = h.finalize();
-    let scope = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let scope = u64::from_le_bytes(first);
     let redis = match (cfg.policy, &cfg.redis) {
         (Policy::Redis, None) => {
             errors.push(ConfigError::new(
@@ -247,7 +161,11 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             if r.timeout_ms == 0 {
                 errors.push(ConfigError::new("redis.timeout_ms", "must be at least 1"));
             }
-            match RedisStore::get(&r.url, Duration::from_millis(r.timeout_ms.max(1))) {
+            match RedisStore::get(
+                &ctx.state,
+                &r.url,
+                Duration::from_millis(r.timeout_ms.max(1)),
+            ) {
                 Ok(s) => Some((s, format!("{}:{:016x}:", r.prefix, scope))),
                 Err(e) => {
                     errors.push(ConfigError::new("redis.url", e));
@@ -267,10 +185,15 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     if !errors.is_empty() {
         return Err(errors);
     }
+    let local = ctx
+        .state
+        .get_or_insert(&format!("rate_limit:{scope:016x}"), || {
+            LocalCounters::new(DEFAULT_MAX_KEYS)
+        });
     Ok(Arc::new(RateLimit {
         key,
         windows,
-        scope,
+        local,
         redis,
         on_store_error: cfg.on_store_error,
         on_store_error_label: match cfg.on_store_error {
@@ -303,7 +226,7 @@ impl Plugin for RateLimit {
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let key = self.key.extract(session.req_header(), ctx);
         let decision = match &self.redis {
-            None => local::STORE.hit(self.scope, &key, &self.windows, now_ms()),
+            None => self.local.hit(&key, &self.windows, now_ms()),
             Some((store, prefix)) => {
                 match store.hit(&format!("{prefix}{key}"), &self.windows).await {
                     Ok(d) => d,
@@ -337,9 +260,7 @@ impl Plugin for RateLimit {
                                     ),
                                 );
                             }
-                            OnStoreError::Local => {
-                                local::STORE.hit(self.scope, &key, &self.windows, now_ms())
-                            }
+                            OnStoreError::Local => self.local.hit(&key, &self.windows, now_ms()),
                         }
                     }
                 }

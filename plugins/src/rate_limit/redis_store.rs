@@ -9,11 +9,11 @@
 //! The script builds its keys from one base key, so it needs a single Redis server (or a
 //! proxy that routes by the base key), not Redis Cluster.
 
-use super::{Decision, Window};
+use super::window::{Decision, Window};
+use crate::state::SharedState;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -75,11 +75,6 @@ pub struct RedisStore {
     epoch: Instant,
 }
 
-/// Stores by `(url, timeout in ms)`.
-type Stores = HashMap<(String, u64), Arc<RedisStore>>;
-
-static STORES: LazyLock<Mutex<Stores>> = LazyLock::new(Default::default);
-
 /// Why a decision could not be made.
 #[derive(Debug)]
 pub enum StoreError {
@@ -102,27 +97,22 @@ impl std::fmt::Display for StoreError {
 }
 
 impl RedisStore {
-    /// The store for `url` (created on first use; the connection opens on the first request).
-    pub fn get(url: &str, timeout: Duration) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let key = (url.to_string(), timeout.as_millis() as u64);
-        let mut stores = STORES
-            .lock()
-            .map_err(|_| "internal lock poisoned".to_string())?;
-        Ok(stores
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(RedisStore {
-                    client,
-                    conn: OnceCell::new(),
-                    script: redis::Script::new(SCRIPT),
-                    timeout,
-                    last_connect_failure_ms: AtomicU64::new(0),
-                    last_warning_ms: AtomicU64::new(0),
-                    epoch: Instant::now(),
-                })
+    /// The store for `url` with this timeout: one per process (kept in the [`SharedState`]
+    /// across reloads); the connection opens on the first request.
+    pub fn get(state: &SharedState, url: &str, timeout: Duration) -> Result<Arc<Self>, String> {
+        let key = format!("{}|{url}", timeout.as_millis());
+        state.try_get_or_insert(&key, || {
+            let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+            Ok(RedisStore {
+                client,
+                conn: OnceCell::new(),
+                script: redis::Script::new(SCRIPT),
+                timeout,
+                last_connect_failure_ms: AtomicU64::new(0),
+                last_warning_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
             })
-            .clone())
+        })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {

@@ -2,54 +2,24 @@
 //!
 //! `[[consumers]]` is compiled once per config into [`Consumers`]: API keys into a map keyed by
 //! their SHA-256 digest, basic-auth users by name, JWT keys by key id or issuer. Auth plugins
-//! get an `Arc<Consumers>` when they are built and only look things up per request.
+//! get an `Arc<Consumers>` when they are built and only look things up per request. The
+//! credential types live here too ([`jwt_key`], [`password`]), so the auth plugins depend on
+//! this module and never on each other.
 
-use crate::{jwt, parse_config, ConfigError};
+pub mod identity;
+pub mod jwt_key;
+pub mod password;
+
+pub use identity::{Consumer, Identity, IdentityHeaders};
+
+use crate::config_error::{parse_config, ConfigError};
 use http::HeaderValue;
+use jwt_key::{JwtKey, JwtKeySpec};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-
-/// A caller known to the gateway.
-#[derive(Debug)]
-pub struct Consumer {
-    /// Unique name (`X-Consumer-Username`).
-    pub username: String,
-    /// Stable id (`X-Consumer-Id`); the username unless set.
-    pub id: String,
-    /// Optional id from another system (`X-Consumer-Custom-Id`).
-    pub custom_id: Option<String>,
-    /// Groups, for `acl`.
-    pub groups: Vec<String>,
-    /// Header values, built once.
-    pub headers: IdentityHeaders,
-}
-
-/// Precomputed identity header values of a consumer.
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    /// `X-Consumer-Id`.
-    pub id: HeaderValue,
-    /// `X-Consumer-Username`.
-    pub username: HeaderValue,
-    /// `X-Consumer-Custom-Id`, when set.
-    pub custom_id: Option<HeaderValue>,
-    /// `X-Consumer-Groups` (comma separated), when the consumer has groups.
-    pub groups: Option<HeaderValue>,
-}
-
-/// Who a request was authenticated as.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The consumer.
-    pub consumer: Arc<Consumer>,
-    /// Identifies the credential used (`X-Credential-Identifier`); never the secret itself.
-    pub credential: Option<HeaderValue>,
-    /// True when no credential was presented and the route's `anonymous` consumer was used.
-    pub anonymous: bool,
-}
 
 /// A stored API key.
 struct KeyEntry {
@@ -74,7 +44,7 @@ pub struct Consumers {
     by_name: HashMap<String, Arc<Consumer>>,
     keys: HashMap<[u8; 32], KeyEntry>,
     basic: HashMap<String, BasicEntry>,
-    jwt: HashMap<String, jwt::JwtKey>,
+    jwt: HashMap<String, JwtKey>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +62,7 @@ struct ConsumerSection {
     #[serde(default)]
     basic_auth: Option<BasicSpec>,
     #[serde(default)]
-    jwt: Vec<jwt::JwtKeySpec>,
+    jwt: Vec<JwtKeySpec>,
 }
 
 #[derive(Deserialize)]
@@ -223,7 +193,7 @@ impl Consumers {
             if let Some(b) = &sec.basic_auth {
                 let bat = format!("{at}.basic_auth");
                 let user = b.username.clone().unwrap_or_else(|| sec.username.clone());
-                if !crate::basic_auth::is_supported_hash(&b.password_hash) {
+                if !password::is_supported_hash(&b.password_hash) {
                     errors.push(ConfigError::new(
                         format!("{bat}.password_hash"),
                         "expected an argon2 PHC string ($argon2id$...) or a bcrypt hash ($2b$...); make one with `tollgate hash-password`",
@@ -249,7 +219,7 @@ impl Consumers {
             }
             for (j, spec) in sec.jwt.iter().enumerate() {
                 let jat = format!("{at}.jwt[{j}]");
-                match jwt::JwtKey::build(spec, consumer.clone()) {
+                match JwtKey::build(spec, consumer.clone()) {
                     Ok(key) => {
                         if out.jwt.contains_key(&spec.key) {
                             errors.push(ConfigError::new(
@@ -309,7 +279,7 @@ impl Consumers {
     }
 
     /// A JWT key by key id or issuer.
-    pub fn jwt_key(&self, key: &str) -> Option<&jwt::JwtKey> {
+    pub fn jwt_key(&self, key: &str) -> Option<&JwtKey> {
         self.jwt.get(key)
     }
 

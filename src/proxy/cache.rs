@@ -1,0 +1,112 @@
+//! The gateway's side of the response cache: turning Pingora's cache on for a request,
+//! `PURGE`, and the `X-Cache-Status` / `Cache-Status` headers. What is cacheable, the key
+//! and freshness are the route's [`CachePolicy`]'s business.
+
+use crate::metrics::METRICS;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use pingora::cache::{CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use tollgate_plugins::cache::{CachePolicy, RequestUse};
+use tollgate_plugins::{Answer, RequestCtx};
+
+/// Most times a request waiting on another's fetch retries the lock before going to the
+/// origin itself.
+const MAX_LOCK_RETRIES: usize = 2;
+
+/// Turn Pingora's cache phases on for this request, with the route's store and limits.
+pub fn enable(session: &mut Session, policy: &CachePolicy) {
+    let store = policy.store();
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(policy.lock_timeout);
+    overrides.max_lock_retries = Some(MAX_LOCK_RETRIES);
+    session.cache.enable(
+        &store.storage,
+        Some(store.eviction()),
+        None,
+        Some(store.lock.as_ref()),
+        Some(overrides),
+    );
+    session
+        .cache
+        .set_max_file_size_bytes(policy.max_object_bytes);
+}
+
+/// `PURGE` on a cached route: drop every stored variant of the URL.
+pub fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Answer {
+    if !policy.purge_enabled() {
+        return Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "PURGE is not enabled on this route",
+        );
+    }
+    if !policy.purge_allowed(req, ctx) {
+        return Answer::error(
+            StatusCode::FORBIDDEN,
+            "purge_forbidden",
+            "not allowed to purge",
+        );
+    }
+    let n = policy.store().storage.purge_url(&policy.url_hash(req));
+    let status = if n > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Answer {
+        status,
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Bytes::from(format!("{{\"purged\":{n}}}")),
+        code: None,
+    }
+}
+
+/// `X-Cache-Status` (Kong/APISIX style) and RFC 9211 `Cache-Status` on responses of cached
+/// routes; counts the status; drops the stored URL after a successful unsafe request.
+pub fn set_status(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    cache_use: Option<RequestUse>,
+    stored: bool,
+    policy: &CachePolicy,
+) {
+    let (x, rfc) = match (cache_use, session.cache.phase()) {
+        (Some(RequestUse::Invalidate), _) => {
+            if resp.status.is_success() || resp.status.is_redirection() {
+                policy
+                    .store()
+                    .storage
+                    .purge_url(&policy.url_hash(session.req_header()));
+            }
+            ("BYPASS", "tollgate; fwd=method")
+        }
+        (_, CachePhase::Hit) => ("HIT", "tollgate; hit"),
+        (_, CachePhase::Stale) | (_, CachePhase::StaleUpdating) => {
+            ("STALE", "tollgate; hit; fwd=stale")
+        }
+        (_, CachePhase::Revalidated) | (_, CachePhase::RevalidatedNoCache(_)) => {
+            ("REVALIDATED", "tollgate; fwd=stale; fwd-status=304")
+        }
+        (_, CachePhase::Expired) if stored => ("EXPIRED", "tollgate; fwd=stale; stored"),
+        (_, CachePhase::Expired) => ("EXPIRED", "tollgate; fwd=stale"),
+        (_, CachePhase::Miss) if stored => ("MISS", "tollgate; fwd=uri-miss; stored"),
+        (_, CachePhase::Miss) => ("MISS", "tollgate; fwd=uri-miss"),
+        // Looked up, then the response turned out not to be storable (Kong calls it Bypass).
+        (Some(RequestUse::Cache), CachePhase::Disabled(NoCacheReason::OriginNotCache))
+        | (Some(RequestUse::Cache), CachePhase::Disabled(NoCacheReason::ResponseTooLarge)) => {
+            ("BYPASS", "tollgate; fwd=uri-miss")
+        }
+        _ => ("BYPASS", "tollgate; fwd=bypass"),
+    };
+    let _ = resp.insert_header("x-cache-status", x);
+    let _ = resp.insert_header("cache-status", rfc);
+    METRICS
+        .cache_requests
+        .with_label_values(&[policy.route(), &x.to_ascii_lowercase()])
+        .inc();
+}

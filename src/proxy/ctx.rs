@@ -1,0 +1,99 @@
+//! The per-request state the phases share.
+
+use super::attempt::Attempt;
+use super::error::GatewayError;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::UpstreamPool;
+use http::HeaderValue;
+use pingora::protocols::l4::socket::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_plugins::cache::{CachePolicy, RequestUse};
+use tollgate_plugins::{Answer, RequestCtx};
+
+/// Per-request state: made in `new_ctx`, dropped after `logging`.
+pub struct Ctx {
+    /// The config this request runs on, loaded once when it starts.
+    pub(super) snap: Arc<Snapshot>,
+    /// The matched route.
+    pub(super) route: Option<Arc<Route>>,
+    /// What plugins see.
+    pub req: RequestCtx,
+    pub(super) start: Instant,
+    /// The upstream this request goes to: the route's, or the one a split rule chose.
+    pub(super) upstream: Option<Arc<UpstreamPool>>,
+    /// The current try at a backend; it settles itself when replaced or dropped.
+    pub(super) attempt: Option<Attempt>,
+    /// Status of the upstream's response, if one came.
+    pub(super) upstream_status: Option<u16>,
+    /// Status/timeout retries used.
+    pub(super) retries_used: u32,
+    /// Backends already tried, kept out of the next pick.
+    pub(super) tried: Vec<SocketAddr>,
+    pub(super) upstream_start: Option<Instant>,
+    pub(super) upstream_elapsed: Option<Duration>,
+    /// Why the gateway refuses, when the decision was made before `fail_to_proxy`.
+    pub(super) failure: Option<GatewayError>,
+    /// Stable code of the error answered (the gateway's or a plugin's): the metric label and
+    /// the access log's `error`.
+    pub(super) error_code: Option<&'static str>,
+    /// An answer a body hook made; sent by `fail_to_proxy`.
+    pub(super) pending: Option<Answer>,
+    /// What the request does with the route's cache, when it has one.
+    pub(super) cache_use: Option<RequestUse>,
+    /// The response was admitted to the cache.
+    pub(super) cache_stored: bool,
+    /// SHA-256 of the request body, for routes whose cache key includes it.
+    pub(super) body_hash: Option<[u8; 32]>,
+    /// The request id as a header value, made once for the upstream request and the response.
+    pub(super) request_id_value: Option<HeaderValue>,
+    /// The URI sent upstream when the route rewrites the path.
+    pub(super) upstream_uri: Option<http::Uri>,
+}
+
+impl Ctx {
+    /// A context for a request on `snap`.
+    pub(super) fn new(snap: Arc<Snapshot>, req: RequestCtx) -> Self {
+        Ctx {
+            snap,
+            route: None,
+            req,
+            start: Instant::now(),
+            upstream: None,
+            attempt: None,
+            upstream_status: None,
+            retries_used: 0,
+            tried: Vec::new(),
+            upstream_start: None,
+            upstream_elapsed: None,
+            failure: None,
+            error_code: None,
+            pending: None,
+            cache_use: None,
+            cache_stored: false,
+            body_hash: None,
+            request_id_value: None,
+            upstream_uri: None,
+        }
+    }
+
+    /// The matched route's cache policy, when it has one.
+    pub(super) fn cache_policy(&self) -> Option<&Arc<CachePolicy>> {
+        self.route.as_ref().and_then(|r| r.cache.as_ref())
+    }
+
+    /// The request id as a header value.
+    pub(super) fn request_id_value(&mut self) -> Option<HeaderValue> {
+        if self.request_id_value.is_none() {
+            self.request_id_value = HeaderValue::from_str(self.req.request_id.as_str()).ok();
+        }
+        self.request_id_value.clone()
+    }
+
+    /// Keep the current attempt's backend out of the next pick.
+    pub(super) fn remember_tried(&mut self) {
+        if let Some(addr) = self.attempt.as_ref().and_then(|a| a.addr()).cloned() {
+            self.tried.push(addr);
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! The one `ProxyHttp` implementation: Pingora's request phases, in the order Pingora calls
+//! them, each dispatching to the module that does the work (docs/architecture.md draws the
+//! whole path):
+//!
+//! | phase | runs | work |
+//! |---|---|---|
+//! | `new_ctx` | a request head has arrived | load the running [`Snapshot`] once |
+//! | `early_request_filter` | before Pingora's downstream modules | keep-alive timeout |
+//! | `request_filter` | once per request | head size, routing, the route's plugin chain, split, cache use |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter` | routes with `cache` | [`cache`] and the route's `CachePolicy` |
+//! | `upstream_peer` | before each attempt (again on retry) | breaker, backend pick, timeouts ([`attempt`]) |
+//! | `fail_to_connect`, `error_while_proxy` | an attempt failed | retry decisions |
+//! | `upstream_request_filter` | before the head goes upstream | [`forwarding`], plugins' upstream hooks |
+//! | `request_body_filter` | per request body chunk | plugins' body hooks |
+//! | `upstream_response_filter` | the upstream's head arrived (before the cache stores it) | status retries, passive health, breaker |
+//! | `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | routes with `cache` | the route's `CachePolicy` |
+//! | `response_filter` | before the head goes to the client (hits too) | cache status, plugins' response hooks, request id |
+//! | `fail_to_proxy` | the request failed | the [`GatewayError`] answer ([`error`]) |
+//! | `logging` | always, last | metrics, plugins' log hooks, the access log; the attempt settles |
+
+mod attempt;
+mod body;
+mod cache;
+mod ctx;
+pub mod error;
+pub mod forwarding;
+mod respond;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{method_label, METRICS};
+use crate::router::{has_dot_segment, request_host, Match};
+use crate::snapshot::Snapshot;
+use crate::upstream::HashOn;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use attempt::{Attempt, BreakerTicket};
+use body::{has_small_body, read_small_body, sha256};
+pub use ctx::Ctx;
+use error::GatewayError;
+use forwarding::{real_client_ip, REQUEST_ID, REQUEST_ID_NAME};
+use http::StatusCode;
+use pingora::cache::RespCacheable;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tollgate_plugins::cache::RequestUse;
+use tollgate_plugins::{chain, Phase, RequestCtx, RequestId};
+
+/// Bytes of the request line around the method and target: `" "` and `" HTTP/1.1\r\n"`.
+const REQUEST_LINE_FRAMING: usize = 1 + 11;
+/// Bytes of a header line around the name and value: `": "` and `"\r\n"`.
+const HEADER_LINE_FRAMING: usize = 2 + 2;
+
+/// The gateway's proxy logic. Cheap to share: it holds handles to the running config, the
+/// access log and the process's lifecycle.
+pub struct Gateway {
+    config: Arc<ArcSwap<Snapshot>>,
+    access_log: Option<AccessLog>,
+    lifecycle: Arc<Lifecycle>,
+    no_route: Arc<str>,
+}
+
+impl Gateway {
+    /// A gateway serving whatever snapshot `config` holds at each request's start.
+    pub fn new(
+        config: Arc<ArcSwap<Snapshot>>,
+        access_log: Option<AccessLog>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        Gateway {
+            config,
+            access_log,
+            lifecycle,
+            no_route: Arc::from(""),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        let req = RequestCtx::new(self.no_route.clone(), None, RequestId::generate());
+        Ctx::new(self.config.load_full(), req)
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // Idle time allowed before the next request on this connection.
+        session.set_keepalive(Some(ctx.snap.server.live.keepalive_timeout_seconds));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if head_size(req) > ctx.snap.server.live.max_header_bytes {
+            session.set_keepalive(None);
+            return self
+                .answer_error(session, ctx, GatewayError::HeadersTooLarge)
+                .await;
+        }
+        if let Some(id) = req
+            .headers
+            .get(&REQUEST_ID_NAME)
+            .and_then(|v| RequestId::from_client(v.as_bytes()))
+        {
+            ctx.req.request_id = id;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.req.peer_ip = peer;
+        ctx.req.client_ip = real_client_ip(peer, req, &ctx.snap.trusted_proxies);
+        if has_dot_segment(req.uri.path()) {
+            return self
+                .answer_error(session, ctx, GatewayError::DotSegment)
+                .await;
+        }
+
+        let entry = match ctx.snap.router.find(request_host(req), req) {
+            Match::Found(i) => ctx.snap.router.entry(i),
+            Match::NotFound => {
+                return self
+                    .answer_error(session, ctx, GatewayError::RouteNotFound)
+                    .await
+            }
+            Match::MethodNotAllowed(methods) => {
+                return self
+                    .answer_error(session, ctx, GatewayError::MethodNotAllowed(methods))
+                    .await
+            }
+        };
+        let route = ctx.snap.routes[entry.route].clone();
+        let rewritten = forwarding::rewritten_uri(&route, &entry.path, &req.uri);
+        ctx.req.route = route.name.clone();
+        ctx.route = Some(route.clone());
+
+        if let Some(stop) = chain::run_request(&route.chain, session, &mut ctx.req).await {
+            if let Some(code) = stop.answer.code {
+                ctx.error_code = Some(code);
+                let status = stop.answer.status;
+                METRICS
+                    .requests_rejected
+                    .with_label_values(&[&*route.name, stop.plugin, status.as_str()])
+                    .inc();
+                if matches!(stop.phase, Phase::Authentication | Phase::Authorization) {
+                    METRICS
+                        .auth_failures
+                        .with_label_values(&[&*route.name, stop.plugin, code])
+                        .inc();
+                }
+            }
+            self.send_answer(session, ctx, stop.answer).await?;
+            return Ok(true);
+        }
+        ctx.upstream = route.upstream.clone();
+        match rewritten {
+            Some(Ok(uri)) => ctx.upstream_uri = Some(uri),
+            Some(Err(())) => {
+                return self
+                    .answer_error(session, ctx, GatewayError::Malformed(400))
+                    .await
+            }
+            None => {}
+        }
+        if let Some(split) = &route.split {
+            let body = if split.needs_body && has_small_body(session.req_header()) {
+                let bytes = read_small_body(session).await?;
+                ctx.body_hash = Some(sha256(&bytes));
+                serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+            } else {
+                None
+            };
+            if let Some(up) = split.choose(session.req_header(), body.as_ref()) {
+                ctx.upstream = Some(up);
+            }
+        }
+        if let Some(policy) = &route.cache {
+            let req = session.req_header();
+            if req.method.as_str() == "PURGE" {
+                let answer = cache::purge(policy, req, &ctx.req);
+                ctx.error_code = answer.code;
+                self.send_answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
+            let use_ = policy.request_use(req);
+            ctx.cache_use = Some(use_);
+            if use_ == RequestUse::CacheBody && ctx.body_hash.is_none() {
+                let bytes = read_small_body(session).await?;
+                ctx.body_hash = Some(sha256(&bytes));
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(upstream)) = (ctx.route.clone(), ctx.upstream.clone()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route or upstream");
+        };
+        // The breaker is asked once per request; a retry inherits the first answer.
+        let ticket = match ctx.attempt.take() {
+            Some(previous) => previous.into_ticket(),
+            None => match BreakerTicket::admit(&upstream) {
+                Ok(t) => t,
+                Err(e) => return Err(self.refuse(ctx, e)),
+            },
+        };
+        let mut buf = [0u8; 16];
+        let key = match &upstream.hash_on {
+            Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
+            None => &[],
+        };
+        let Some(index) = upstream.select(key, &ctx.tried) else {
+            if !ctx.tried.is_empty() {
+                // Every backend left was tried and refused: that is the upstream failing.
+                let mut e = Error::new_up(ErrorType::ConnectRefused);
+                e.set_retry(false);
+                return Err(e.more_context("every backend tried failed to connect"));
+            }
+            return Err(self.refuse(ctx, GatewayError::NoHealthyUpstream));
+        };
+        let Some(mut peer) = upstream.peer(index) else {
+            return Error::e_explain(ErrorType::InternalError, "backend without a peer template");
+        };
+        let t = &route.timeouts;
+        if t.connect.is_some() {
+            peer.options.connection_timeout = t.connect;
+        }
+        if t.read.is_some() {
+            peer.options.read_timeout = t.read;
+        }
+        if t.write.is_some() {
+            peer.options.write_timeout = t.write;
+        }
+        if let Some(deadline) = route.retry.deadline {
+            // Every attempt gets at most what is left of the request's deadline.
+            let left = deadline.saturating_sub(ctx.start.elapsed());
+            if left.is_zero() {
+                return Err(self.refuse(ctx, GatewayError::UpstreamTimeout));
+            }
+            for slot in [
+                &mut peer.options.connection_timeout,
+                &mut peer.options.read_timeout,
+            ] {
+                *slot = Some(slot.map_or(left, |t| t.min(left)));
+            }
+        }
+        ctx.attempt = Some(Attempt::begin(upstream, index, ticket));
+        ctx.upstream_start.get_or_insert_with(Instant::now);
+        Ok(Box::new(peer))
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let retry_timeout = ctx.route.as_ref().is_some_and(|r| {
+            r.retry.on_timeout
+                && ctx.retries_used < r.retry.max
+                && r.retry.deadline.is_none_or(|d| ctx.start.elapsed() < d)
+        });
+        let replayable = session_idempotent(session) && !session.as_ref().retry_buffer_truncated();
+        // Never once the client got response bytes: a retry would corrupt the response.
+        if session.response_written().is_some() || !replayable {
+            e.set_retry(false);
+        } else if retry_timeout && matches!(e.etype(), ErrorType::ReadTimedout) {
+            ctx.retries_used += 1;
+            ctx.remember_tried();
+            if let Some(a) = &mut ctx.attempt {
+                a.report(false);
+            }
+            e.set_retry(true);
+        } else if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() {
+                // A pooled connection the backend had closed: not the backend's failure.
+                if let Some(a) = &mut ctx.attempt {
+                    a.forgive();
+                }
+            }
+        }
+        e
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.remember_tried();
+        if let Some(a) = &mut ctx.attempt {
+            a.report(false);
+        }
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.retries);
+        // Bounded by the upstream's `retries`; a new backend is picked on each try.
+        e.set_retry(ctx.tried.len() <= retries);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if let Some(uri) = &ctx.upstream_uri {
+            upstream_request.set_uri(uri.clone());
+        }
+        if !route.preserve_host {
+            if let (Some(up), Some(a)) = (&ctx.upstream, &ctx.attempt) {
+                forwarding::set_host(upstream_request, up, a.backend())?;
+            }
+        }
+        // Each added header costs a name parse and two map inserts in Pingora (about a
+        // tenth of the proxied path's CPU for these four): routes may opt out.
+        if route.forwarded_headers {
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            forwarding::set_forwarded_headers(
+                upstream_request,
+                session.req_header(),
+                ctx.req.peer_ip,
+                tls,
+            )?;
+        }
+        if route.request_id {
+            if let Some(v) = ctx.request_id_value() {
+                upstream_request.insert_header(REQUEST_ID, v)?;
+            }
+        }
+        forwarding::set_identity_headers(upstream_request, &ctx.req)?;
+        for p in route.chain.iter() {
+            p.upstream_request(upstream_request, &mut ctx.req);
+        }
+        Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if !matches!(
+            ctx.cache_use,
+            Some(RequestUse::Cache | RequestUse::CacheBody)
+        ) {
+            return Ok(());
+        }
+        if let Some(policy) = ctx.cache_policy() {
+            cache::enable(session, policy);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        match ctx.cache_policy() {
+            Some(policy) => {
+                Ok(policy.cache_key(session.req_header(), &ctx.req, ctx.body_hash.as_ref()))
+            }
+            None => Error::e_explain(ErrorType::InternalError, "cache enabled without a policy"),
+        }
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let revalidate = ctx
+            .cache_policy()
+            .is_some_and(|p| p.request_wants_revalidation(session.req_header()));
+        Ok((revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = ctx.cache_policy() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        let decision = policy.response_cacheable(resp, authorization);
+        ctx.cache_stored = decision.is_cacheable();
+        Ok(decision)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<[u8; 16]> {
+        ctx.cache_policy().and_then(|p| p.variance(meta, req))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Called only inside the stored response's stale-while-revalidate (no error) or
+        // stale-if-error windows; both are the origin's explicit permission.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone().filter(|r| r.body_hooks) else {
+            return Ok(());
+        };
+        for p in route.chain.iter().filter(|p| p.wants_request_body()) {
+            if let Some(answer) = p.request_body(body.as_ref(), end_of_stream, &mut ctx.req) {
+                let status = answer.status.as_u16();
+                METRICS
+                    .requests_rejected
+                    .with_label_values(&[&*route.name, p.name(), answer.status.as_str()])
+                    .inc();
+                ctx.pending = Some(answer);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "request body refused by a plugin",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let Some(route) = &ctx.route {
+            let p = &route.retry;
+            if p.on_status.contains(&status)
+                && ctx.retries_used < p.max
+                && session_idempotent(session)
+                && p.deadline.is_none_or(|d| ctx.start.elapsed() < d)
+            {
+                ctx.retries_used += 1;
+                if let Some(a) = &mut ctx.attempt {
+                    a.report(status < 500);
+                }
+                ctx.remember_tried();
+                let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        if let Some(a) = &mut ctx.attempt {
+            a.answered(status < 500);
+        }
+        if let (Some(up), Some(start)) = (&ctx.upstream, ctx.upstream_start) {
+            let elapsed = start.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            up.duration.observe(elapsed.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(policy) = ctx.cache_policy() {
+            cache::set_status(
+                session,
+                upstream_response,
+                ctx.cache_use,
+                ctx.cache_stored,
+                policy,
+            );
+        }
+        self.finish_header(upstream_response, ctx);
+        self.close_if_draining(session);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, answer) = match ctx.pending.take() {
+            // A body hook refused the request.
+            Some(answer) => {
+                ctx.error_code = answer.code;
+                (answer.status.as_u16(), Some(answer))
+            }
+            None => {
+                let error = ctx
+                    .failure
+                    .take()
+                    .unwrap_or_else(|| GatewayError::from_proxy_error(e));
+                ctx.error_code = Some(error.code());
+                (error.status(), error.answer())
+            }
+        };
+        if let Some(answer) = answer.filter(|_| session.response_written().is_none()) {
+            let _ = self.send_answer(session, ctx, answer).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let route_name = ctx.route.as_ref().map_or("", |r| &*r.name);
+        let req = session.req_header();
+        let code = StatusCode::from_u16(status).ok();
+        let status_label = code.as_ref().map_or("0", |s| s.as_str());
+        match &ctx.route {
+            Some(r) => r
+                .counters
+                .count(route_name, method_label(&req.method), status_label),
+            None => METRICS
+                .requests
+                .with_label_values(&[route_name, method_label(&req.method), status_label])
+                .inc(),
+        }
+        if let Some(code) = ctx.error_code {
+            METRICS
+                .gateway_errors
+                .with_label_values(&[route_name, code])
+                .inc();
+        }
+        let backend = ctx
+            .attempt
+            .as_ref()
+            .and_then(|a| a.addr())
+            .map(|a| a.to_string());
+        // The last attempt settles here: in-flight count, passive health, breaker.
+        drop(ctx.attempt.take());
+        if let Some(r) = &ctx.route {
+            r.duration.observe(elapsed.as_secs_f64());
+            for p in r.chain.iter() {
+                p.log(status, &mut ctx.req);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            // Derived from the monotonic start rather than read per request: only the
+            // access log needs wall-clock time.
+            let now = SystemTime::now();
+            let started_at = now.checked_sub(elapsed).unwrap_or(now);
+            let time = jiff::Timestamp::try_from(started_at)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            log.write(&AccessRecord {
+                time,
+                request_id: ctx.req.request_id.as_str(),
+                client_ip: ctx.req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route: ctx.route.as_ref().map_or("", |r| &*r.name),
+                upstream: ctx.upstream.as_ref().map_or("", |u| &*u.name),
+                backend: backend.unwrap_or_default(),
+                status,
+                bytes_sent: session.body_bytes_sent(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                error: ctx.error_code,
+            });
+        }
+    }
+}
+
+impl Gateway {
+    /// Decide to refuse the request with `error` from a phase that can only fail: the
+    /// error is kept for `fail_to_proxy`, which answers it.
+    fn refuse(&self, ctx: &mut Ctx, error: GatewayError) -> Box<Error> {
+        let e = error.to_proxy_error();
+        ctx.failure = Some(error);
+        e
+    }
+}
+
+fn session_idempotent(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+}
+
+/// Bytes of the request line and headers, as they were sent (near enough).
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + REQUEST_LINE_FRAMING;
+    req.headers.iter().fold(line, |n, (k, v)| {
+        n + k.as_str().len() + v.len() + HEADER_LINE_FRAMING
+    })
+}
+
+/// The consistent-hash key of a request, borrowed from it (or from `buf` for addresses).
+fn hash_key<'a>(
+    on: &HashOn,
+    req: &'a RequestHeader,
+    ip: Option<IpAddr>,
+    buf: &'a mut [u8; 16],
+) -> &'a [u8] {
+    match on {
+        HashOn::ClientIp => match ip {
+            Some(IpAddr::V4(v4)) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                &buf[..4]
+            }
+            Some(IpAddr::V6(v6)) => {
+                *buf = v6.octets();
+                &buf[..]
+            }
+            None => &[],
+        },
+        HashOn::Path => req.uri.path().as_bytes(),
+        HashOn::Header(name) => req.headers.get(name).map_or(&[], |v| v.as_bytes()),
+        HashOn::Cookie(name) => tollgate_plugins::req::cookie(req, name).unwrap_or(&[]),
+    }
+}

@@ -1,0 +1,75 @@
+//! Answers the gateway makes itself (errors, plugin answers): the response hooks of the
+//! matched route run on their header first, as on an upstream response.
+
+use super::error::GatewayError;
+use super::forwarding::REQUEST_ID;
+use super::{Ctx, Gateway};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use tollgate_plugins::Answer;
+
+impl Gateway {
+    /// Send `answer` (status, headers, body; `Content-Length` added).
+    pub(super) async fn send_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: Answer,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+        for (n, v) in answer.headers {
+            resp.append_header(n, v)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        self.finish_header(&mut resp, ctx);
+        self.close_if_draining(session);
+        let head = session.req_header().method == http::Method::HEAD;
+        let no_body = head || answer.body.is_empty();
+        session
+            .write_response_header(Box::new(resp), no_body)
+            .await?;
+        if !no_body {
+            session.write_response_body(Some(answer.body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Answer with `error` (when the client can still be answered); records its code. The
+    /// return value is `request_filter`'s "responded".
+    pub(super) async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        error: GatewayError,
+    ) -> Result<bool> {
+        ctx.error_code = Some(error.code());
+        if let Some(answer) = error.answer() {
+            self.send_answer(session, ctx, answer).await?;
+        }
+        Ok(true)
+    }
+
+    /// Headers every response gets: the route's response hooks, then the request id.
+    pub(super) fn finish_header(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        let mut request_id = true;
+        if let Some(route) = &ctx.route {
+            for p in route.chain.iter() {
+                p.response(resp, &mut ctx.req);
+            }
+            request_id = route.request_id;
+        }
+        if let Some(v) = ctx.request_id_value().filter(|_| request_id) {
+            let _ = resp.insert_header(REQUEST_ID, v);
+        }
+    }
+
+    /// While draining, every response closes its connection, so keep-alive clients
+    /// reconnect (to the new process, during an upgrade) instead of being cut off later.
+    pub(super) fn close_if_draining(&self, session: &mut Session) {
+        if self.lifecycle.is_draining() {
+            session.set_keepalive(None);
+        }
+    }
+}

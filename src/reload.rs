@@ -1,0 +1,146 @@
+//! Config reload on SIGHUP and when the config file changes: compile off the async workers,
+//! swap atomically, settle what is retained. A bad file is rejected and the running config
+//! stays.
+
+use crate::config;
+use crate::config::schema::ProcessSettings;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::METRICS;
+use crate::retained::Retained;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a burst of file events (editors write in several steps) must be quiet before
+/// the reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The background service that reloads the config.
+pub struct Reloader {
+    path: PathBuf,
+    config: Arc<ArcSwap<Snapshot>>,
+    retained: Arc<Retained>,
+    lifecycle: Arc<Lifecycle>,
+    /// The settings the process was started with; a reload cannot change them.
+    started_with: ProcessSettings,
+}
+
+impl Reloader {
+    /// Reload `path` into `config`.
+    pub fn new(
+        path: &Path,
+        config: Arc<ArcSwap<Snapshot>>,
+        retained: Arc<Retained>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        let started_with = config.load().server.process.clone();
+        Reloader {
+            path: path.to_path_buf(),
+            config,
+            retained,
+            lifecycle,
+            started_with,
+        }
+    }
+
+    async fn reload(&self, why: &str) {
+        let path = self.path.clone();
+        let retained = self.retained.clone();
+        // Compiling resolves backend names and builds regexes: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || config::load_file(&path, &retained)).await;
+        match result {
+            Ok(Ok(snap)) => {
+                if snap.server.process != self.started_with {
+                    log::warn!(
+                        "[server] listeners, threads, TLS, shutdown, pool, pid file and access log settings take effect on restart"
+                    );
+                }
+                if let Ok(level) = snap.server.live.log_level.parse() {
+                    if std::env::var_os("RUST_LOG").is_none() {
+                        log::set_max_level(level);
+                    }
+                }
+                let snap = Arc::new(snap);
+                let routes = snap.routes.len();
+                self.config.store(snap.clone());
+                self.retained.settle(&snap);
+                METRICS.config_reloads.with_label_values(&["success"]).inc();
+                log::info!("config reloaded ({why}): {routes} routes");
+            }
+            Ok(Err(errors)) => {
+                METRICS.config_reloads.with_label_values(&["failure"]).inc();
+                log::error!("config reload ({why}) rejected, the running config stays: {errors}");
+            }
+            Err(e) => {
+                METRICS.config_reloads.with_label_values(&["failure"]).inc();
+                log::error!("config reload ({why}) failed: {e}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let _watcher = watch_file(&self.path, tx);
+        self.lifecycle.set_reload_armed();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.reload("SIGHUP").await;
+                }
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    self.reload("file changed").await;
+                }
+            }
+        }
+    }
+}
+
+/// Watch the config file's directory (editors often replace the file) and signal on changes
+/// to the file itself.
+fn watch_file(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = abs.parent()?.to_path_buf();
+    let name = abs.file_name()?.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let relevant = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()));
+            if relevant {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| log::warn!("config file watching disabled: {e}"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        log::warn!("config file watching disabled: {e}");
+        return None;
+    }
+    Some(watcher)
+}
