@@ -18,6 +18,11 @@ Environment:
                           (default: access log disabled)
   BENCH_TMP  temp dir for configs, logs, pid files (run.sh makes one)
   TOLLGATE_BIN, BENCH_REV   binary to measure and its label (run.sh sets both)
+  TOLLGATE_BASELINE_BIN, BENCH_BASELINE_REV   optional second tollgate binary and its label
+                          (run.sh sets both for BASELINE=<commit>): started with the same config
+                          on its own port; every tollgate scenario runs against both, in the
+                          same rounds, and the report adds new/baseline ratios
+  NGINX_LUA=0             leave out the nginx + Lua reference even when the module is installed
 """
 
 import datetime
@@ -40,6 +45,8 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 TOLLGATE_BIN = os.environ.get("TOLLGATE_BIN") or os.path.join(ROOT, "target", "release", "tollgate")
+BASELINE_BIN = os.environ.get("TOLLGATE_BASELINE_BIN", "")
+BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "") or ("base" if BASELINE_BIN else "")
 FLOOR_BIN = os.path.join(BENCH, "floor", "target", "release", "tollgate-bench-floor")
 
 # The body every target answers with (nginx upstream and tollgate's mock route alike).
@@ -277,6 +284,7 @@ class Target:
     pids: list  # processes whose CPU and RSS are measured
     headers: dict = field(default_factory=dict)
     expect: dict = field(default_factory=dict)
+    base_of: str = ""  # for a baseline tollgate target: the name of the same scenario on the new binary
 
     @property
     def url(self):
@@ -284,8 +292,9 @@ class Target:
 
 
 NGINX_COMMON = """
+{modules}
 daemon off;
-master_process on;
+master_process {master};
 worker_processes 1;
 worker_rlimit_nofile 16384;
 pid {tmp}/{name}.pid;
@@ -333,14 +342,140 @@ PROXY_HTTP = """
 """
 
 
-def start_nginx(name, body):
+# Reference: nginx's own cache serving a hit (the upstream answers with max-age=3600, and
+# proxy_cache_valid keeps a 200 for an hour anyway). The cache lives under the temp dir; the one
+# small entry is read from the page cache on every hit.
+CACHE_HTTP = """
+    proxy_cache_path {tmp}/nginx-cache-store levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h use_temp_path=off;
+    upstream origin {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            add_header X-Cache-Status $upstream_cache_status;
+        }}
+    }}
+"""
+
+# Reference: nginx + LuaJIT (Debian's libnginx-mod-http-lua + lua-resty-core), a miniature of
+# Kong's key-auth + rate-limiting + request-transformer on one route:
+# - key-auth: the `apikey` header looked up in a Lua table (loaded once, in init_by_lua); 401
+#   without a known key; the consumer's identity sent upstream (X-Consumer-ID,
+#   X-Consumer-Username, X-Credential-Identifier), as Kong does;
+# - rate-limiting: a per-consumer, per-second counter in a shared dict (`incr` with an initial
+#   value and a 2 s TTL), limit 1e9/s so it never triggers, 429 above it;
+#   X-RateLimit-Limit/-Remaining/-Reset on the response (header_filter_by_lua);
+# - request-transformer: one request header set (`x-bench: 1`).
+LUA_HTTP = """
+    lua_shared_dict bench_ratelimit 16m;
+    init_by_lua_block {{
+        bench_consumers = {{
+            ["bench-key-0001"] = {{ id = "bench", username = "bench", credential = "bench-key-0001"}},
+        }}
+    }}
+    upstream origin {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            access_by_lua_block {{
+                local consumer = bench_consumers[ngx.var.http_apikey or ""]
+                if not consumer then
+                    return ngx.exit(401)
+                end
+                local limit = 1000000000
+                local now = ngx.time()
+                local count, err = ngx.shared.bench_ratelimit:incr(consumer.id .. ":" .. now, 1, 0, 2)
+                if not count then
+                    ngx.log(ngx.ERR, "rate limit counter: ", err)
+                    return ngx.exit(500)
+                end
+                if count > limit then
+                    return ngx.exit(429)
+                end
+                local ctx = ngx.ctx
+                ctx.limit, ctx.remaining, ctx.reset = limit, limit - count, 1
+                ngx.req.set_header("X-Consumer-ID", consumer.id)
+                ngx.req.set_header("X-Consumer-Username", consumer.username)
+                ngx.req.set_header("X-Credential-Identifier", consumer.credential)
+                ngx.req.set_header("x-bench", "1")
+            }}
+            header_filter_by_lua_block {{
+                local ctx = ngx.ctx
+                if ctx.limit then
+                    ngx.header["X-RateLimit-Limit"] = ctx.limit
+                    ngx.header["X-RateLimit-Remaining"] = ctx.remaining
+                    ngx.header["X-RateLimit-Reset"] = ctx.reset
+                end
+            }}
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+LUA_MODULE_DIRS = ["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
+_LUA_MODULES = None
+
+
+def lua_modules():
+    """load_module lines for the nginx + Lua reference, or None (with the reason in
+    LUA_MISSING) when the module or lua-resty-core is not installed or nginx cannot load it
+    (checked once with `nginx -t` on a throwaway config)."""
+    global _LUA_MODULES, LUA_MISSING
+    if _LUA_MODULES is not None:
+        return _LUA_MODULES or None
+    _LUA_MODULES = ""
+    for d in LUA_MODULE_DIRS:
+        ndk, lua = os.path.join(d, "ndk_http_module.so"), os.path.join(d, "ngx_http_lua_module.so")
+        if os.path.exists(lua):
+            break
+    else:
+        LUA_MISSING = "ngx_http_lua_module.so not found (Debian: apt-get install -y libnginx-mod-http-lua lua-resty-core)"
+        return None
+    lines = (f"load_module {ndk};\n" if os.path.exists(ndk) else "") + f"load_module {lua};"
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-luacheck.") as d:
+        conf = os.path.join(d, "t.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_COMMON.format(modules=lines, tmp=d, name="t", body=LUA_HTTP.format(port=1, upstream=2), master="on"))
+        try:
+            r = subprocess.run(["nginx", "-t", "-p", d, "-e", os.path.join(d, "e.log"), "-c", conf],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            LUA_MISSING = f"nginx -t failed: {e}"
+            return None
+    if r.returncode != 0:
+        LUA_MISSING = "nginx cannot load the Lua module: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+        return None
+    _LUA_MODULES = lines
+    return lines
+
+
+LUA_MISSING = ""
+
+
+def start_nginx(name, body, modules="", argv_prefix=(), master=True):
+    """master=False: `master_process off`, one process that is also the worker (instr.py
+    runs nginx so under valgrind)."""
     conf = os.path.join(TMP, f"{name}.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_COMMON.format(tmp=TMP, name=name, body=body))
-    return start(name, ["nginx", "-p", TMP, "-e", os.path.join(TMP, f"{name}-error.log"), "-c", conf])
+        f.write(NGINX_COMMON.format(modules=modules, tmp=TMP, name=name, body=body, master="on" if master else "off"))
+    return start(name, [*argv_prefix, "nginx", "-p", TMP, "-e", os.path.join(TMP, f"{name}-error.log"), "-c", conf])
 
 
-def tollgate_config(port, upstream_port, state_files=True):
+def tollgate_config(port, upstream_port, state_files=True, tag="tollgate"):
     lines = [
         "# written by bench/run.py",
         "[server]",
@@ -350,7 +485,7 @@ def tollgate_config(port, upstream_port, state_files=True):
         'log_level = "warn"',
     ]
     if state_files:  # keep tollgate's pid file and upgrade socket in the temp dir
-        lines += [f'pid_file = "{TMP}/tollgate.pid"', f'upgrade_sock = "{TMP}/tollgate_upgrade.sock"']
+        lines += [f'pid_file = "{TMP}/{tag}.pid"', f'upgrade_sock = "{TMP}/{tag}_upgrade.sock"']
     lines += [
         "",
         "[server.access_log]",
@@ -375,13 +510,16 @@ def tollgate_config(port, upstream_port, state_files=True):
     return "\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT)) + "\n"
 
 
-def write_tollgate_config(path, port, upstream_port):
-    """Write the config and validate it with `tollgate check`. Builds older than the
-    pid_file / upgrade_sock settings reject those keys: then write it without them."""
+def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"):
+    """Write the config and validate it with `tollgate check` (of `binary`, default
+    TOLLGATE_BIN). Builds older than the pid_file / upgrade_sock settings reject those keys:
+    then write it without them. `tag` names the pid file and upgrade socket, so two tollgate
+    processes (BASELINE) have the same config apart from the port and those two paths."""
+    binary = binary or TOLLGATE_BIN
     for state_files in (True, False):
         with open(path, "w") as f:
-            f.write(tollgate_config(port, upstream_port, state_files))
-        r = subprocess.run([TOLLGATE_BIN, "check", "-c", path], capture_output=True, text=True, timeout=30)
+            f.write(tollgate_config(port, upstream_port, state_files, tag))
+        r = subprocess.run([binary, "check", "-c", path], capture_output=True, text=True, timeout=30)
         if r.returncode == 0:
             if not state_files:
                 log("  note: this tollgate build has no pid_file/upgrade_sock settings; it uses its defaults in /tmp")
@@ -429,36 +567,90 @@ def wait_ready(t, timeout=20):
 REDIS_PORT = 0
 
 
-def start_targets():
-    global REDIS_PORT
-    up_port, ngx_port, floor_port, tg_port, REDIS_PORT = (free_port() for _ in range(5))
-    log("starting processes")
-    start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+# The references' target names (instr.py uses the same ones).
+NGINX_CACHE = "nginx proxy_cache hit"
+NGINX_LUA = "nginx+lua key-auth/limit/header"
+LUA_HEADERS = {"apikey": "bench-key-0001"}
+LUA_EXPECT = {"x-ratelimit-limit": "1000000000"}
+
+
+def lua_wanted():
+    return os.environ.get("NGINX_LUA", "") != "0" and lua_modules() is not None
+
+
+def baseline_name(s):
+    return f"tollgate@{BASELINE_REV} {s.path}"
+
+
+def prepare_scenarios():
+    """Fill in the JWT tokens of the scenarios' headers (once)."""
     tokens = jwt_tokens()
     for s in SCENARIOS:
         s.headers = {k: v.format(**tokens) if "{JWT_" in v else v for k, v in s.headers.items()}
+
+
+def start_targets():
+    global REDIS_PORT
+    up_port, ngx_port, cache_port, lua_port, floor_port, tg_port, base_port, REDIS_PORT = (free_port() for _ in range(8))
+    log("starting processes")
+    start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    prepare_scenarios()
     up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
+    cache = start_nginx("nginx-cache", CACHE_HTTP.format(tmp=TMP, port=cache_port, upstream=up_port))
+    lua = None
+    if lua_wanted():
+        lua = start_nginx("nginx-lua", LUA_HTTP.format(port=lua_port, upstream=up_port), lua_modules())
+    elif os.environ.get("NGINX_LUA", "") != "0":
+        log(f"  skipping the nginx+lua reference: {LUA_MISSING}")
     floor = start("floor", [FLOOR_BIN, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}", TMP])
     cfg = os.path.join(TMP, "tollgate.toml")
     write_tollgate_config(cfg, tg_port, up_port)
     tg = start("tollgate", [TOLLGATE_BIN, "run", "-c", cfg])
+    base = None
+    if BASELINE_BIN:
+        base_cfg = os.path.join(TMP, "tollgate-base.toml")
+        write_tollgate_config(base_cfg, base_port, up_port, BASELINE_BIN, "tollgate-base")
+        base = start(f"tollgate-base", [BASELINE_BIN, "run", "-c", base_cfg])
 
     targets = [
         Target("direct (nginx upstream)", up_port, "/hello", up, []),
         Target("nginx proxy", ngx_port, "/hello", ngx, []),
-        Target("pingora floor", floor_port, "/hello", floor, [floor.pid]),
+        Target(NGINX_CACHE, cache_port, "/hello", cache, [], expect={"x-cache-status": "HIT"}),
     ]
+    if lua:
+        targets.append(Target(NGINX_LUA, lua_port, "/hello", lua, [], LUA_HEADERS, LUA_EXPECT))
+    targets.append(Target("pingora floor", floor_port, "/hello", floor, [floor.pid]))
     for s in SCENARIOS:
         targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect))
+        if base:
+            targets.append(Target(baseline_name(s), base_port, s.path, base, [base.pid], s.headers, s.expect,
+                                  base_of=f"tollgate {s.path}"))
     for t in targets:
         wait_ready(t)
     # nginx: measure master + worker(s); the workers exist once the port answers.
-    for t, p in ((targets[0], up), (targets[1], ngx)):
-        t.pids = [p.pid] + children_of(p.pid)
+    for t in targets:
+        if t.proc in (up, ngx, cache, lua):
+            t.pids = [t.proc.pid] + children_of(t.proc.pid)
     if TARGET_FILTER:
         targets = [t for t in targets if any(w in t.name for w in TARGET_FILTER)]
     return targets
+
+
+def round_order(targets, rnd):
+    """The order of the targets in round `rnd` (1-based): as listed, except that in even
+    rounds each baseline target runs before its new-binary twin, so neither revision always
+    runs second."""
+    order = list(targets)
+    if rnd % 2 == 0:
+        i = 0
+        while i + 1 < len(order):
+            if order[i + 1].base_of and order[i + 1].base_of == order[i].name:
+                order[i], order[i + 1] = order[i + 1], order[i]
+                i += 2
+            else:
+                i += 1
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,24 +796,68 @@ def build_rows(targets, results):
     return rows, summary
 
 
+def ab_rows(targets, summary, results):
+    """One row per tollgate scenario and connection count: new vs baseline (BASELINE=).
+    Besides the ratio of the medians, the per-round ratios: new and baseline ran back to back
+    in each round, so their ratio within a round is the fairest comparison; only rounds in
+    which both runs were quiet are used (all rounds if none was)."""
+    rows = []
+    for conns in CONNS:
+        for b in targets:
+            if not b.base_of or (b.base_of, conns) not in summary:
+                continue
+            n, o = summary[(b.base_of, conns)], summary[(b.name, conns)]
+
+            def spread(x):
+                if not x["rps"] or x["used"].startswith("1/"):
+                    return "—"
+                return "±" + format((x["rps_max"] - x["rps_min"]) / x["rps"] * 50, ".1f") + "%"
+
+            pairs = list(zip(results[(b.base_of, conns)], results[(b.name, conns)]))
+            quiet = [(x, y) for x, y in pairs if max(x["other_cpu_pct"], y["other_cpu_pct"]) < OTHER_CPU_WARN] or pairs
+            per_round = sorted(x["rps"] / y["rps"] for x, y in quiet if y["rps"])
+            rows.append([
+                b.base_of.split(" ", 1)[1], str(conns),
+                fmt(n["rps"], ",.0f"), spread(n), fmt(o["rps"], ",.0f"), spread(o),
+                fmt(n["rps"] / o["rps"] if n["rps"] and o["rps"] else None, ".3f"),
+                (fmt(statistics.median(per_round), ".3f") + f" [{per_round[0]:.3f}–{per_round[-1]:.3f}] "
+                 f"{len(quiet)}/{len(pairs)}") if per_round else "—",
+                fmt(n["cpu"], ".3f"), fmt(o["cpu"], ".3f"),
+                fmt(n["cpu"] / o["cpu"] if n["cpu"] and o["cpu"] else None, ".3f"),
+                fmt(n["p99"], ".2f"), fmt(o["p99"], ".2f"),
+                str(n["errors"] + o["errors"]),
+            ])
+    return rows
+
+
+def ab_headers(rev):
+    return ["scenario", "conns", f"RPS {rev}", "spread", f"RPS {BASELINE_REV}", "spread", "RPS new/base",
+            "per-round new/base [min–max] rounds",
+            f"CPU s/10k {rev}", f"CPU s/10k {BASELINE_REV}", "CPU new/base", f"p99 ms {rev}",
+            f"p99 ms {BASELINE_REV}", "errors"]
+
+
 HEADERS = ["target", "conns", "RPS (median)", "spread", "p50 ms", "p99 ms", "CPU s/10k req",
            "RSS MiB", "vs nginx", "vs floor", "errors", "rounds", "other CPU"]
 
 
-def text_table(rows):
+def text_table(rows, headers=None, group_col=1):
+    """A blank line wherever column `group_col` changes (None: no grouping)."""
+    HEADERS = headers or globals()["HEADERS"]
     w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
     line = lambda cells: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
     out = [line(HEADERS), line(["-" * x for x in w])]
     prev = None
     for r in rows:
-        if prev is not None and r[1] != prev:
+        if group_col is not None and prev is not None and r[group_col] != prev:
             out.append("")
         out.append(line(r))
-        prev = r[1]
+        prev = r[group_col] if group_col is not None else None
     return "\n".join(out)
 
 
-def md_table(rows):
+def md_table(rows, headers=None):
+    HEADERS = headers or globals()["HEADERS"]
     out = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
@@ -657,18 +893,21 @@ def main():
         log(f"temp dir {TMP} (kept)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for b in (TOLLGATE_BIN, FLOOR_BIN):
+    for b in (TOLLGATE_BIN, FLOOR_BIN) + ((BASELINE_BIN,) if BASELINE_BIN else ()):
         if not os.access(b, os.X_OK):
             sys.exit(f"missing binary {b}: run bench/run.sh (it builds both)")
 
     date = datetime.date.today().isoformat()
     rev = git_rev()
     default = DURATION == "10s" and ROUNDS == 3 and CONNS == [64, 256] and not TARGET_FILTER
-    stem = f"{date}-{rev}" + ("" if default else f"-d{DURATION}-r{ROUNDS}")
+    stem = f"{date}-{rev}" + (f"-vs-{BASELINE_REV}" if BASELINE_BIN else "") + ("" if default else f"-d{DURATION}-r{ROUNDS}")
     results_dir = os.path.join(BENCH, "results")
     RAW_DIR = os.path.join(results_dir, "raw", stem)
     os.makedirs(RAW_DIR, exist_ok=True)
 
+    # nginx workers started as root run as `nobody`; the proxy_cache reference's worker
+    # must reach its cache directory in the temp dir.
+    os.chmod(TMP, 0o711)
     wait_quiet()
     targets = start_targets()
     n_runs = len(targets) * len(CONNS) * ROUNDS
@@ -688,12 +927,12 @@ def main():
     i = 0
     for rnd in range(1, ROUNDS + 1):
         for conns in CONNS:
-            for t in targets:
+            for t in round_order(targets, rnd):
                 i += 1
                 slug = re.sub(r"[^a-z0-9]+", "-", t.name.lower()).strip("-")
                 r = run_wrk(t, conns, DURATION, f"r{rnd}-c{conns}-{slug}.txt")
                 results[(t.name, conns)].append(r)
-                log(f"  [{i}/{n_runs}] round {rnd} -c{conns} {t.name:<24} {r['rps']:>10,.0f} req/s  "
+                log(f"  [{i}/{n_runs}] round {rnd} -c{conns} {t.name:<32} {r['rps']:>10,.0f} req/s  "
                     f"p50 {fmt(r['p50_ms'], '.2f')} ms  p99 {fmt(r['p99_ms'], '.2f')} ms  "
                     f"cpu {fmt(r['cpu_per_10k'], '.3f')} s/10k  rss {r['rss_mib']:.1f} MiB  other {r['other_cpu_pct']:.0f}%"
                     + (f"  ERRORS {r['non2xx']} non-2xx, {r['sock_errors']} socket" if r["non2xx"] or r["sock_errors"] else ""))
@@ -707,6 +946,11 @@ def main():
     print()
     print(table)
     print()
+    ab = ab_rows(targets, summary, results) if BASELINE_BIN else []
+    if ab:
+        print(f"A/B: tollgate {rev} (new) vs {BASELINE_REV} (baseline), same rounds")
+        print(text_table(ab, ab_headers(rev)))
+        print()
 
     cpu_model = "?"
     try:
@@ -726,6 +970,15 @@ def main():
         "- every proxy: 1 worker thread/process, upstream keepalive pool 256, access log off; "
         f"tollgate access log {'ON (file)' if ACCESS_LOG else 'off'}, log_level warn",
         f"- upstream: nginx (1 worker) answering `{BODY}` (200, text/plain) on every path",
+    ]
+    if BASELINE_BIN:
+        md += [
+            f"- A/B: `tollgate ...` rows are {rev}, `tollgate@{BASELINE_REV} ...` rows the baseline {BASELINE_REV}: "
+            "two tollgate processes with the same config (apart from port, pid file and upgrade socket), "
+            "run in the same rounds, each baseline run right after (odd rounds) or right before (even rounds) "
+            "the new one",
+        ]
+    md += [
         "",
         "RPS, p50, p99 and CPU are medians over the rounds used (rounds = used/run: a round during which "
         f"processes outside the bench used {OTHER_CPU_WARN}% of a core or more is left out, unless all were); spread is ±half the min–max range of RPS "
@@ -739,6 +992,18 @@ def main():
         md_table(rows),
         "",
     ]
+    if ab:
+        md += [
+            f"## A/B: {rev} (new) vs {BASELINE_REV} (baseline)",
+            "",
+            "RPS new/base (ratio of the medians) > 1 = the new revision serves more requests/s; the per-round "
+            "column is the median [min–max] of new/base within each round (the two ran back to back) over the "
+            "rounds in which both were quiet (used/run); CPU new/base < 1 = the new revision uses less CPU per request. "
+            "A difference smaller than the spreads is noise.",
+            "",
+            md_table(ab, ab_headers(rev)),
+            "",
+        ]
     if has_chart:
         md += [f"![requests/s]({stem}.png)", ""]
     md_path = os.path.join(results_dir, stem + ".md")
@@ -756,7 +1021,7 @@ def main():
 
 def time_bound():
     """Upper bound for a whole run with the current settings, in seconds (for run.sh)."""
-    n_targets = 3 + len(SCENARIOS)
+    n_targets = 5 + len(SCENARIOS) * (2 if BASELINE_BIN else 1)
     per_target = ROUNDS * (env_seconds(DURATION) + 2) + (env_seconds(WARMUP) + 2 if WARMUP not in ("", "0", "0s") else 0)
     return int(n_targets * len(CONNS) * per_target + QUIET_WAIT + 120)
 
@@ -766,6 +1031,13 @@ RAW_DIR = None
 if __name__ == "__main__":
     if sys.argv[1:] == ["--time-bound"]:
         print(time_bound())
+        sys.exit(0)
+    if sys.argv[1:] == ["--lua-check"]:
+        # run.sh: says whether the nginx + Lua reference can run (exit 0) or why not (exit 1)
+        if lua_modules() is None:
+            print(LUA_MISSING)
+            sys.exit(1)
+        print(lua_modules().replace("\n", " "))
         sys.exit(0)
     try:
         main()
