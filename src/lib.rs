@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod framing;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
@@ -16,4 +17,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod split;
+pub mod target;
 pub mod upstream;

@@ -315,19 +315,6 @@ impl Router {
 /// The host a request is for, without port or trailing dot.
 pub use tollgate_plugins::req::host as request_host;
 
-/// True when the path has a `.` or `..` segment (also percent-encoded), which a backend might
-/// resolve into a path that no route allowed; such requests are refused with 400.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let s = seg.as_bytes();
-        matches!(s, b"." | b"..")
-            || (seg.contains('%') && {
-                let lower = seg.to_ascii_lowercase();
-                matches!(lower.as_str(), "%2e" | "%2e%2e" | ".%2e" | "%2e.")
-            })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,12 +411,5 @@ mod tests {
                 "routes[0].methods[0]"
             ]
         );
-    }
-
-    #[test]
-    fn hosts_and_dots() {
-        assert!(has_dot_segment("/a/../b"));
-        assert!(has_dot_segment("/a/%2E%2e/b"));
-        assert!(!has_dot_segment("/a/..b/c.d"));
     }
 }

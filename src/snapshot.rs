@@ -60,6 +60,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Add `X-Forwarded-*` headers upstream.
     pub forwarded_headers: bool,
+    /// Keep request headers with `_` in their name.
+    pub allow_underscore_headers: bool,
     /// Send `X-Request-Id` upstream and on the response.
     pub request_id: bool,
     /// Timeout overrides.

@@ -37,6 +37,18 @@ impl Answer {
         }
     }
 
+    /// 401 `ambiguous_credentials`: more than one credential for one plugin (several keys,
+    /// several `Authorization` headers, a token in two places). Which one the upstream
+    /// would believe cannot be known, so none is.
+    pub fn ambiguous_credentials(challenge: HeaderValue) -> Self {
+        Answer::error(
+            StatusCode::UNAUTHORIZED,
+            "ambiguous_credentials",
+            "more than one credential was presented",
+        )
+        .with_header(http::header::WWW_AUTHENTICATE, challenge)
+    }
+
     /// The same answer with one more header.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));

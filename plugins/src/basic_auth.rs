@@ -151,11 +151,16 @@ impl Plugin for BasicAuth {
     }
 
     async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
-        let Some(value) = session
+        let mut values = session
             .req_header()
             .headers
-            .get(http::header::AUTHORIZATION)
-        else {
+            .get_all(http::header::AUTHORIZATION)
+            .iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Auth::Invalid(Answer::ambiguous_credentials(self.challenge.clone()));
+        }
+        let Some(value) = first else {
             return Auth::Missing(
                 self.unauthorized("missing_credentials", "basic authentication required"),
             );

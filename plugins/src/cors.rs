@@ -7,7 +7,9 @@
 //!   credentials / exposed headers) on the response; a disallowed origin is proxied without
 //!   CORS headers, so the browser refuses to hand the response to the page.
 //! - `Vary: Origin` is on every response of the route.
-//! - With `credentials = true` the origin is echoed, never a literal `*`.
+//! - With `credentials = true` the origin is echoed, never a literal `*`; `*` itself is then
+//!   a config error, and the `null` origin is never allowed.
+//! - `~regex` origins must match the whole origin (they are anchored).
 
 use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
@@ -78,7 +80,9 @@ pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Ve
         if o == "*" {
             origins.push(OriginRule::Any);
         } else if let Some(re) = o.strip_prefix('~') {
-            match Regex::new(re) {
+            // Anchored: a pattern must match the whole origin, or
+            // `https://x.trusted.com.evil.net` would pass for `https://.*\.trusted\.com`.
+            match Regex::new(&format!("^(?:{re})$")) {
                 Ok(r) => origins.push(OriginRule::Regex(r)),
                 Err(e) => errors.push(ConfigError::new(
                     format!("origins[{i}]"),
@@ -125,6 +129,12 @@ pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Ve
         .as_ref()
         .and_then(|h| list(h, "headers", &mut errors));
     let exposed_value = list(&cfg.exposed_headers, "exposed_headers", &mut errors);
+    if cfg.credentials && origins.iter().any(|o| matches!(o, OriginRule::Any)) {
+        errors.push(ConfigError::new(
+            "origins",
+            "\"*\" cannot be combined with credentials = true (any site could read responses made with the user's cookies); list the allowed origins",
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -146,6 +156,11 @@ struct AllowedOrigin(HeaderValue);
 
 impl Cors {
     fn origin_allowed(&self, origin: &str) -> bool {
+        // The opaque `null` origin (sandboxed frames, `file:`, redirects) is anyone's: never
+        // trusted with credentials.
+        if self.credentials && origin.eq_ignore_ascii_case("null") {
+            return false;
+        }
         let lower = origin.to_ascii_lowercase();
         self.origins.iter().any(|rule| match rule {
             OriginRule::Any => true,

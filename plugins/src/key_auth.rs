@@ -92,14 +92,21 @@ impl Plugin for KeyAuth {
 
     async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
         let req = session.req_header();
-        let presented = self
+        let in_headers = self
             .headers
             .iter()
-            .find_map(|h| req.headers.get(h).map(|v| v.as_bytes()))
-            .or_else(|| {
-                let q = self.query_param.as_deref()?;
-                crate::req::query_value(req.uri.query()?, q).map(str::as_bytes)
-            });
+            .flat_map(|h| req.headers.get_all(h).iter().map(|v| v.as_bytes()));
+        let in_query = self
+            .query_param
+            .as_deref()
+            .zip(req.uri.query())
+            .into_iter()
+            .flat_map(|(q, query)| crate::req::query_values(query, q).map(str::as_bytes));
+        let mut keys = in_headers.chain(in_query);
+        let presented = keys.next();
+        if keys.next().is_some() {
+            return Auth::Invalid(Answer::ambiguous_credentials(CHALLENGE));
+        }
         match presented {
             None => Auth::Missing(unauthorized(
                 "missing_credentials",

@@ -25,7 +25,10 @@ pub fn host(req: &RequestHeader) -> &str {
 }
 
 /// Raw values of query parameter `name` in `query` (not percent-decoded).
-pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+pub fn query_values<'a, 'b>(query: &'a str, name: &'b str) -> impl Iterator<Item = &'a str> + 'b
+where
+    'a: 'b,
+{
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
@@ -82,11 +85,19 @@ pub fn content_length(req: &RequestHeader) -> Option<Result<u64, ()>> {
 
 /// The value of cookie `name` (all `Cookie` headers are searched).
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    cookies(req, name).next()
+}
+
+/// Every value of cookie `name`, in order (a cookie may be sent twice).
+pub fn cookies<'a, 'b>(req: &'a RequestHeader, name: &'b str) -> impl Iterator<Item = &'a [u8]> + 'b
+where
+    'a: 'b,
+{
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|b| *b == b'=')?;
             (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
@@ -111,6 +122,8 @@ mod tests {
         assert_eq!(cookie(&r, "session"), Some(&b"abc"[..]));
         assert_eq!(cookie(&r, "b"), Some(&b"2"[..]));
         assert_eq!(cookie(&r, "sess"), None);
+        r.append_header("cookie", "session=def").unwrap();
+        assert_eq!(cookies(&r, "session").count(), 2);
         assert_eq!(query_without("a=1&apikey=k&b", "apikey"), "a=1&b");
         strip_query_param(&mut r, "k");
         assert_eq!(r.uri.query(), Some("a=1&flag"));

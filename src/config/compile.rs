@@ -475,6 +475,7 @@ fn compile_route(
         rewrite,
         preserve_host: r.preserve_host,
         forwarded_headers: r.forwarded_headers,
+        allow_underscore_headers: r.allow_underscore_headers,
         request_id: r.request_id,
         timeouts: Timeouts {
             connect: ms(r.connect_timeout_ms),

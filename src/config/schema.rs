@@ -68,6 +68,93 @@ pub struct ServerSection {
     /// Unix socket over which listening sockets pass to a new process on upgrade.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// The whole request head must arrive within this, counted from its first byte (the
+    /// first request of a connection: from the accept); past it, 408 and the connection
+    /// closes.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Open client connections per listener; past it, new ones get 503 and are closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open client connections per client address (0 = no limit); peers in
+    /// `trusted_proxies` are exempt.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Bearer token the admin listener requires for `/metrics` and `POST /cache/purge`;
+    /// required when `admin_listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_token: String,
+    /// How request paths are made canonical before routing.
+    #[serde(default)]
+    pub path_normalization: PathNormalizationSection,
+}
+
+/// `[server.path_normalization]`: how a request path is made canonical before routing.
+/// The canonical path is what routes match, plugins see, the cache keys and the upstream
+/// receives.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalizationSection {
+    /// Decode percent-encoded unreserved characters (`%61` → `a`, `%2E` → `.`).
+    #[serde(default = "default_true")]
+    pub decode_unreserved: bool,
+    /// Collapse runs of `/`.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// `.` and `..` segments: refused (400) or resolved (RFC 3986 §5.2.4).
+    #[serde(default)]
+    pub dot_segments: DotSegments,
+    /// `%2F` and `%5C` in a path: refused (400) or kept encoded (not a separator).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// `;` in a path (Java path parameters): refused (400) or kept.
+    #[serde(default)]
+    pub semicolons: Semicolons,
+}
+
+impl Default for PathNormalizationSection {
+    fn default() -> Self {
+        PathNormalizationSection {
+            decode_unreserved: true,
+            merge_slashes: true,
+            dot_segments: DotSegments::default(),
+            escaped_slashes: EscapedSlashes::default(),
+            semicolons: Semicolons::default(),
+        }
+    }
+}
+
+/// What to do with `.` and `..` path segments.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DotSegments {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Remove them as RFC 3986 §5.2.4 says; `..` above the root is still 400.
+    Resolve,
+}
+
+/// What to do with percent-encoded `/` and `\`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Answer 400 (backends disagree on whether they separate segments).
+    #[default]
+    Reject,
+    /// Keep them encoded: part of a segment for routing, forwarded as is.
+    Keep,
+}
+
+/// What to do with `;` in a path.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Semicolons {
+    /// Answer 400 (Java backends drop what follows as path parameters).
+    #[default]
+    Reject,
+    /// Keep them as part of the segment.
+    Keep,
 }
 
 /// `[server]` compiled, split by when a change takes effect. The split is made by
@@ -113,6 +200,12 @@ pub struct ProcessSettings {
     pub pid_file: String,
     /// `upgrade_sock`.
     pub upgrade_sock: String,
+    /// `max_connections`.
+    pub max_connections: usize,
+    /// `max_connections_per_ip`.
+    pub max_connections_per_ip: usize,
+    /// `admin_token`.
+    pub admin_token: String,
 }
 
 /// The `[server]` keys every reload applies.
@@ -128,6 +221,10 @@ pub struct LiveSettings {
     pub trusted_proxies: Vec<String>,
     /// `cache_max_bytes`.
     pub cache_max_bytes: usize,
+    /// `header_timeout_ms`.
+    pub header_timeout_ms: u64,
+    /// `path_normalization`.
+    pub path_normalization: PathNormalizationSection,
 }
 
 impl From<ServerSection> for ServerConfig {
@@ -152,6 +249,11 @@ impl From<ServerSection> for ServerConfig {
             access_log,
             pid_file,
             upgrade_sock,
+            header_timeout_ms,
+            max_connections,
+            max_connections_per_ip,
+            admin_token,
+            path_normalization,
         } = s;
         ServerConfig {
             process: ProcessSettings {
@@ -169,6 +271,9 @@ impl From<ServerSection> for ServerConfig {
                 access_log,
                 pid_file,
                 upgrade_sock,
+                max_connections,
+                max_connections_per_ip,
+                admin_token,
             },
             live: LiveSettings {
                 log_level,
@@ -176,6 +281,8 @@ impl From<ServerSection> for ServerConfig {
                 max_header_bytes,
                 trusted_proxies,
                 cache_max_bytes,
+                header_timeout_ms,
+                path_normalization,
             },
         }
     }
@@ -239,6 +346,11 @@ impl Default for ServerSection {
             access_log: AccessLogSection::default(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),
+            header_timeout_ms: default_header_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            admin_token: String::new(),
+            path_normalization: PathNormalizationSection::default(),
         }
     }
 }
@@ -457,6 +569,10 @@ pub struct RouteSection {
     /// Add `X-Forwarded-For`, `-Proto` and `-Host` to proxied requests.
     #[serde(default = "default_true")]
     pub forwarded_headers: bool,
+    /// Keep request headers whose name has an `_` (dropped by default, as nginx does:
+    /// CGI-style backends read `X_Foo` and `X-Foo` as the same variable).
+    #[serde(default)]
+    pub allow_underscore_headers: bool,
     /// Send `X-Request-Id` upstream and return it on the response.
     #[serde(default = "default_true")]
     pub request_id: bool,
@@ -572,6 +688,15 @@ fn default_cache_bytes() -> usize {
 }
 fn default_pid_file() -> String {
     "/tmp/tollgate.pid".to_string()
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    1_000
 }
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate_upgrade.sock".to_string()

@@ -3,6 +3,7 @@
 //! JSON body, and [`GatewayError::code`] is the `error` label of
 //! `tollgate_gateway_errors_total` and the access log's `error` field.
 
+use crate::target::TargetError;
 use http::{header, HeaderValue, Method, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
 use tollgate_plugins::Answer;
@@ -12,11 +13,15 @@ use tollgate_plugins::Answer;
 pub enum GatewayError {
     /// The request head is larger than `server.max_header_bytes` (431).
     HeadersTooLarge,
-    /// The path has a `.` or `..` segment (400).
-    DotSegment,
+    /// The request target cannot be made canonical (400).
+    BadTarget(TargetError),
     /// The request cannot be handled as sent (malformed, a rewrite that gives no valid URI,
     /// a body larger than its `Content-Length`); the status is 4xx.
     Malformed(u16),
+    /// A trusted proxy sent an `X-Forwarded-For` entry that is not an address (400).
+    BadForwardedFor,
+    /// `Content-Length` values that disagree or are not numbers (400).
+    BadContentLength,
     /// No route matches (404).
     RouteNotFound,
     /// A route matches except for the method; these would have matched (405, `Allow`).
@@ -45,7 +50,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             HeadersTooLarge => 431,
-            DotSegment => 400,
+            BadTarget(_) | BadForwardedFor | BadContentLength => 400,
             Malformed(s) | UpstreamStatus(s) => *s,
             RouteNotFound => 404,
             MethodNotAllowed(_) => 405,
@@ -63,7 +68,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             HeadersTooLarge => "headers_too_large",
-            DotSegment | Malformed(_) => "bad_request",
+            BadTarget(_) | BadForwardedFor | BadContentLength | Malformed(_) => "bad_request",
             RouteNotFound => "route_not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             CircuitOpen | UpstreamUnavailable => "upstream_unavailable",
@@ -81,7 +86,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             HeadersTooLarge => "the request headers are too large",
-            DotSegment => "path contains a '.' or '..' segment",
+            BadTarget(e) => e.message(),
+            BadForwardedFor => "X-Forwarded-For has an entry that is not an address",
+            BadContentLength => "the Content-Length values disagree or are not numbers",
             Malformed(_) => "the request is malformed",
             RouteNotFound => "no route matches this request",
             MethodNotAllowed(_) => "the route does not accept this method",
@@ -156,7 +163,9 @@ mod tests {
     fn every_error_has_the_documented_body() {
         let all = [
             GatewayError::HeadersTooLarge,
-            GatewayError::DotSegment,
+            GatewayError::BadTarget(TargetError::MissingHost),
+            GatewayError::BadForwardedFor,
+            GatewayError::BadContentLength,
             GatewayError::Malformed(413),
             GatewayError::RouteNotFound,
             GatewayError::MethodNotAllowed(vec![Method::GET, Method::POST]),

@@ -19,9 +19,12 @@ pub const REQUEST_ID: &str = "x-request-id";
 // Names looked up on every request, built once: a `&str` name is parsed on each lookup.
 pub(super) static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Identity headers the upstream may trust: whatever the client sent under these names is
-/// removed on every request, then set from the authenticated identity, if any.
+/// Identity headers the upstream may trust: whatever the client sent under these names (in
+/// any spelling, `_` for `-` included) is removed, then they are set from the authenticated
+/// identity, if any.
 pub const IDENTITY_HEADERS: [&str; 6] = [
     "x-consumer-id",
     "x-consumer-username",
@@ -31,34 +34,78 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
     "x-anonymous-consumer",
 ];
 
+/// Headers that describe the client's connection: believed only from a trusted proxy, and
+/// removed when anyone else sends them. (`X-Forwarded-For` is the exception: the peer is
+/// appended to it, as Kong, Envoy and nginx do; the client address tollgate acts on is read
+/// from it only behind a trusted proxy.)
+pub const FORWARDING_HEADERS: [&str; 6] = [
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// A `X-Forwarded-For` entry that is not an address, where the client's address should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadForwardedFor;
+
 /// The client's address: the socket peer unless it is a trusted proxy, in which case the
-/// last `X-Forwarded-For` entry that is not a trusted proxy (the leftmost if all are).
+/// last `X-Forwarded-For` entry that is not a trusted proxy (the leftmost if all are). An
+/// entry that is not an address met on the way is an error: the client cannot be known,
+/// and the proxy's own address must not stand in for it.
 pub fn real_client_ip(
     peer: Option<IpAddr>,
     req: &RequestHeader,
     trusted: &[ipnet::IpNet],
-) -> Option<IpAddr> {
-    let peer = peer?;
+) -> Result<Option<IpAddr>, BadForwardedFor> {
+    let Some(peer) = peer else {
+        return Ok(None);
+    };
     if trusted.is_empty() || !contains(trusted, peer) {
-        return Some(peer);
+        return Ok(Some(peer));
     }
     let mut client = peer;
     for value in req.headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return Some(client);
-        };
+        let text = value.to_str().map_err(|_| BadForwardedFor)?;
         for part in text.rsplit(',') {
-            let Ok(ip) = part.trim().parse::<IpAddr>() else {
-                // A garbled entry: trust nothing further left.
-                return Some(client);
-            };
+            let ip = part.trim().parse::<IpAddr>().map_err(|_| BadForwardedFor)?;
             client = ip;
             if !contains(trusted, ip) {
-                return Some(ip);
+                return Ok(Some(ip));
             }
         }
     }
-    Some(client)
+    Ok(Some(client))
+}
+
+/// Remove what the client may not say about itself: identity headers in any spelling, the
+/// forwarding headers unless `peer_trusted`, and headers with `_` in their name unless the
+/// route allows them. One pass over the names (the usual request has none of these).
+pub fn strip_client_headers(req: &mut RequestHeader, peer_trusted: bool, allow_underscores: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        let underscore = n.contains('_');
+        let spelled = if underscore {
+            std::borrow::Cow::Owned(n.replace('_', "-"))
+        } else {
+            std::borrow::Cow::Borrowed(n)
+        };
+        let forwarding = FORWARDING_HEADERS.contains(&&*spelled);
+        let remove = IDENTITY_HEADERS.contains(&&*spelled)
+            || (!peer_trusted && forwarding)
+            // An `_` spelling of a header tollgate sets is never the real thing.
+            || (underscore
+                && (!allow_underscores || forwarding || &*spelled == "x-forwarded-for"));
+        if remove && !doomed.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        req.remove_header(&name);
+    }
 }
 
 /// The URI to send upstream when the route rewrites the path (`None`: the client's, as is).
@@ -91,7 +138,9 @@ pub fn set_host(
     Ok(())
 }
 
-/// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host` (the client's `Host`).
+/// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host` (a trusted proxy's, else this
+/// connection's scheme and the canonical host: [`strip_client_headers`] removed the client's
+/// own when the peer is not trusted).
 pub fn set_forwarded_headers(
     upstream_request: &mut RequestHeader,
     client_request: &RequestHeader,
@@ -104,29 +153,33 @@ pub fn set_forwarded_headers(
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
     }
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    upstream_request.insert_header("x-forwarded-proto", proto)?;
-    // The client's Host: the downstream header, which the Host rewrite leaves as is.
-    if let Some(h) = client_request.headers.get(header::HOST) {
-        upstream_request.insert_header("x-forwarded-host", h.clone())?;
+    if !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+    }
+    if !upstream_request.headers.contains_key(&X_FORWARDED_HOST) {
+        // The client's host: its Host header (left as is by the upstream Host rewrite, which
+        // happens on the upstream request), or HTTP/2's `:authority`.
+        let host = client_request
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                client_request
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        if let Some(h) = host {
+            upstream_request.insert_header("x-forwarded-host", h)?;
+        }
     }
     Ok(())
 }
 
-/// Remove every identity header the client sent, then set them from the authenticated
-/// identity, if any.
+/// Set the identity headers from the authenticated identity, if any (the client's copies
+/// were removed by [`strip_client_headers`]).
 pub fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    // Usually none is present: one pass over the names the client sent is cheaper than a
-    // lookup per identity header (each parses and hashes a name).
-    let spoofed = req
-        .headers
-        .keys()
-        .any(|k| IDENTITY_HEADERS.contains(&k.as_str()));
-    if spoofed {
-        for h in IDENTITY_HEADERS {
-            req.remove_header(h);
-        }
-    }
     let Some(id) = &ctx.identity else {
         return Ok(());
     };
@@ -183,6 +236,54 @@ fn forwarded_for(prev: Option<&[u8]>, ip: IpAddr) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_headers_that_lie_are_removed() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (n, v) in [
+            ("x_consumer_username", "root"),
+            ("X-Consumer-ID", "x"),
+            ("x-forwarded-host", "evil.test"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("my_header", "1"),
+            ("accept", "*/*"),
+        ] {
+            r.append_header(n, v).unwrap();
+        }
+        let mut trusted = r.clone();
+        strip_client_headers(&mut r, false, false);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+        let mut xff = RequestHeader::build("GET", b"/", None).unwrap();
+        xff.insert_header("x-forwarded-for", "10.1.2.3").unwrap();
+        strip_client_headers(&mut xff, false, false);
+        assert!(
+            xff.headers.contains_key("x-forwarded-for"),
+            "appended to, not removed"
+        );
+        strip_client_headers(&mut trusted, true, true);
+        let mut left: Vec<&str> = trusted.headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "my_header", "x-forwarded-host"]);
+    }
+
+    #[test]
+    fn garbled_forwarded_for_is_an_error() {
+        let nets = [ipnet::IpNet::from(IpAddr::from([127, 0, 0, 1]))];
+        let peer = Some(IpAddr::from([127, 0, 0, 1]));
+        let with = |xff: &str| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("x-forwarded-for", xff).unwrap();
+            real_client_ip(peer, &r, &nets)
+        };
+        assert_eq!(with("10.9.9.9"), Ok(Some(IpAddr::from([10, 9, 9, 9]))));
+        assert_eq!(with("10.9.9.9, garbage"), Err(BadForwardedFor));
+        assert_eq!(
+            with("garbage, 10.9.9.9"),
+            Ok(Some(IpAddr::from([10, 9, 9, 9])))
+        );
+        assert_eq!(with("garbage, 127.0.0.1"), Err(BadForwardedFor));
+    }
 
     #[test]
     fn forwarded_for_appends_the_peer() {

@@ -27,10 +27,12 @@ pub mod forwarding;
 mod respond;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::framing;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{method_label, METRICS};
-use crate::router::{has_dot_segment, request_host, Match};
+use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
+use crate::target;
 use crate::upstream::HashOn;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -38,7 +40,7 @@ use attempt::{Attempt, BreakerTicket};
 use body::{has_small_body, read_small_body, sha256};
 pub use ctx::Ctx;
 use error::GatewayError;
-use forwarding::{real_client_ip, REQUEST_ID, REQUEST_ID_NAME};
+use forwarding::{real_client_ip, BadForwardedFor, REQUEST_ID, REQUEST_ID_NAME};
 use http::StatusCode;
 use pingora::cache::RespCacheable;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason};
@@ -50,6 +52,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tollgate_plugins::cache::RequestUse;
+use tollgate_plugins::net::contains;
 use tollgate_plugins::{chain, Phase, RequestCtx, RequestId};
 
 /// Bytes of the request line around the method and target: `" "` and `" HTTP/1.1\r\n"`.
@@ -94,6 +97,8 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // Idle time allowed before the next request on this connection.
         session.set_keepalive(Some(ctx.snap.server.live.keepalive_timeout_seconds));
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped.
+        session.as_mut().set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -105,6 +110,21 @@ impl ProxyHttp for Gateway {
                 .answer_error(session, ctx, GatewayError::HeadersTooLarge)
                 .await;
         }
+        if let Err(e) = target::canonicalize(
+            session.req_header_mut(),
+            &ctx.snap.server.live.path_normalization,
+        ) {
+            return self
+                .answer_error(session, ctx, GatewayError::BadTarget(e))
+                .await;
+        }
+        if framing::canonical_content_length(session.req_header_mut()).is_err() {
+            session.set_keepalive(None);
+            return self
+                .answer_error(session, ctx, GatewayError::BadContentLength)
+                .await;
+        }
+        let req = session.req_header();
         if let Some(id) = req
             .headers
             .get(&REQUEST_ID_NAME)
@@ -117,12 +137,14 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.req.peer_ip = peer;
-        ctx.req.client_ip = real_client_ip(peer, req, &ctx.snap.trusted_proxies);
-        if has_dot_segment(req.uri.path()) {
-            return self
-                .answer_error(session, ctx, GatewayError::DotSegment)
-                .await;
-        }
+        ctx.req.client_ip = match real_client_ip(peer, req, &ctx.snap.trusted_proxies) {
+            Ok(ip) => ip,
+            Err(BadForwardedFor) => {
+                return self
+                    .answer_error(session, ctx, GatewayError::BadForwardedFor)
+                    .await
+            }
+        };
 
         let entry = match ctx.snap.router.find(request_host(req), req) {
             Match::Found(i) => ctx.snap.router.entry(i),
@@ -139,6 +161,12 @@ impl ProxyHttp for Gateway {
         };
         let route = ctx.snap.routes[entry.route].clone();
         let rewritten = forwarding::rewritten_uri(&route, &entry.path, &req.uri);
+        let peer_trusted = peer.is_some_and(|p| contains(&ctx.snap.trusted_proxies, p));
+        forwarding::strip_client_headers(
+            session.req_header_mut(),
+            peer_trusted,
+            route.allow_underscore_headers,
+        );
         ctx.req.route = route.name.clone();
         ctx.route = Some(route.clone());
 
@@ -555,9 +583,11 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[route_name, code])
                 .inc();
         }
-        let backend = ctx
-            .attempt
+        // Formatting an address costs more than the rest of this phase: only for the log.
+        let backend = self
+            .access_log
             .as_ref()
+            .and(ctx.attempt.as_ref())
             .and_then(|a| a.addr())
             .map(|a| a.to_string());
         // The last attempt settles here: in-flight count, passive health, breaker.

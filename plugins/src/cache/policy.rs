@@ -39,8 +39,9 @@ struct KeyConfig {
     query_params: Vec<String>,
     #[serde(default)]
     headers: Vec<String>,
+    /// `false` (with `shared = true`) leaves the consumer out; `true` is the default.
     #[serde(default)]
-    consumer: bool,
+    consumer: Option<bool>,
     /// POST requests are cached, keyed by a SHA-256 of their body.
     #[serde(default)]
     body: bool,
@@ -72,6 +73,9 @@ struct CacheConfig {
     key: KeyConfig,
     #[serde(default)]
     purge: Option<PurgeConfig>,
+    /// Responses are identical for every caller: authenticated requests share entries.
+    #[serde(default)]
+    shared: bool,
 }
 
 fn default_statuses() -> Vec<u16> {
@@ -145,6 +149,17 @@ impl CachePolicy {
             }
             None => (Vec::new(), None, false),
         };
+        match (cfg.key.consumer, cfg.shared) {
+            (Some(false), false) => errors.push(ConfigError::new(
+                "key.consumer",
+                "leaving the consumer out of the key serves one caller's cached answer to another; set shared = true if responses are identical for every caller",
+            )),
+            (Some(true), true) => errors.push(ConfigError::new(
+                "shared",
+                "shared = true leaves the consumer out of the key; remove key.consumer = true",
+            )),
+            _ => {}
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -167,7 +182,7 @@ impl CachePolicy {
             query: cfg.key.query,
             query_params,
             key_headers,
-            key_consumer: cfg.key.consumer,
+            key_consumer: !cfg.shared,
             key_body: cfg.key.body,
             purge_ips,
             purge_token,
@@ -270,7 +285,8 @@ impl CachePolicy {
     }
 
     /// The cache key: route, method (HEAD shares GET's entry), host, path and query, plus the
-    /// configured headers and consumer.
+    /// configured headers, and the consumer of an authenticated request unless the route's
+    /// responses are `shared`.
     pub fn cache_key(
         &self,
         req: &RequestHeader,

@@ -65,7 +65,9 @@ pub struct MemStorage {
     eviction: LruManager<EVICTION_SHARDS>,
 }
 
-const EVICTION_SHARDS: usize = 16;
+/// One LRU list: Pingora's sharded manager evicts from randomly chosen shards, which is not
+/// "least recently used first" as documented; the workers are few, so one lock is cheap.
+const EVICTION_SHARDS: usize = 1;
 /// Objects the eviction manager makes room for up front.
 const EVICTION_CAPACITY: usize = 8192;
 /// Longest a cache lock is held by a fetch before waiting requests go to the origin.

@@ -15,7 +15,7 @@ mod verified;
 
 use crate::consumer::jwt_key::JwtKey;
 use crate::consumer::{Consumer, Consumers};
-use crate::req::{cookie, query_value, strip_query_param};
+use crate::req::{cookies, query_values, strip_query_param};
 use crate::{
     parse_config, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
 };
@@ -53,6 +53,8 @@ struct JwtConfig {
     verify_exp: bool,
     #[serde(default = "default_true")]
     verify_nbf: bool,
+    #[serde(default = "default_true")]
+    require_exp: bool,
     #[serde(default)]
     issuers: Vec<String>,
     #[serde(default)]
@@ -115,6 +117,8 @@ pub struct Jwt {
     key_claim: String,
     validation: Validation,
     required_claims: Vec<String>,
+    /// Tokens without `exp` are refused (they would be valid forever).
+    require_exp: bool,
     jwks_local: Option<KeyMap>,
     jwks_remote: Option<Arc<RemoteJwks>>,
     refresh: Duration,
@@ -205,6 +209,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         key_claim: cfg.key_claim,
         validation,
         required_claims: cfg.required_claims,
+        require_exp: cfg.require_exp,
         jwks_local,
         jwks_remote,
         refresh: Duration::from_secs(cfg.jwks_refresh_seconds),
@@ -244,27 +249,37 @@ fn invalid(code: &'static str, description: &str) -> Auth {
 }
 
 impl Jwt {
-    fn token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
+    /// The token of the request, from the places this plugin reads. `Err` when there is
+    /// more than one (several `Authorization` headers, or a token in two places).
+    fn token<'a>(&self, req: &'a RequestHeader) -> Result<Option<&'a str>, ()> {
+        let mut tokens: Vec<&'a str> = Vec::new();
         if self.header {
-            if let Some(v) = req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-            {
+            let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+            let first = values.next();
+            if values.next().is_some() {
+                return Err(());
+            }
+            if let Some(v) = first.and_then(|v| v.to_str().ok()) {
                 if let Some((scheme, token)) = v.split_once(' ') {
                     if scheme.eq_ignore_ascii_case("bearer") {
-                        return Some(token.trim());
+                        tokens.push(token.trim());
                     }
                 }
             }
         }
         if let Some(name) = &self.cookie {
-            if let Some(v) = cookie(req, name).and_then(|v| std::str::from_utf8(v).ok()) {
-                return Some(v);
+            for v in cookies(req, name) {
+                tokens.push(std::str::from_utf8(v).map_err(|_| ())?);
             }
         }
-        let q = self.query_param.as_deref()?;
-        query_value(req.uri.query()?, q)
+        if let (Some(q), Some(query)) = (self.query_param.as_deref(), req.uri.query()) {
+            tokens.extend(query_values(query, q));
+        }
+        match tokens.len() {
+            0 => Ok(None),
+            1 => Ok(tokens.pop()),
+            _ => Err(()),
+        }
     }
 
     /// Keys from the remote JWKS, refreshing in the background when due. `Err` when there is
@@ -302,7 +317,12 @@ impl Plugin for Jwt {
     }
 
     async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
-        let Some(token) = self.token(session.req_header()) else {
+        let Ok(token) = self.token(session.req_header()) else {
+            return Auth::Invalid(Answer::ambiguous_credentials(HeaderValue::from_static(
+                "Bearer",
+            )));
+        };
+        let Some(token) = token else {
             let a = Answer::error(
                 StatusCode::UNAUTHORIZED,
                 "missing_credentials",
@@ -335,6 +355,14 @@ impl Plugin for Jwt {
                 };
             }
         };
+        // RFC 7515 §4.1.11: a critical extension this verifier does not understand (it
+        // understands none) makes the token invalid.
+        if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
+            return invalid(
+                "unsupported_crit",
+                "the token has a critical header extension that is not supported",
+            );
+        }
         // Find the key: by kid (consumer keys, then JWKS), else by the key claim.
         let remote;
         let key: Option<&JwtKey> = match &header.kid {
@@ -446,12 +474,20 @@ impl Plugin for Jwt {
                 }
             }
         };
+        // NumericDate may have a fraction (RFC 7519 §2).
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(|v| v.as_f64())
+            .map(|e| e.max(0.0) as u64);
+        if exp.is_none() && self.require_exp {
+            return invalid("missing_exp", "the token has no exp claim");
+        }
         let identity = Identity {
             consumer,
             credential: Some(key.credential().clone()),
             anonymous: false,
         };
-        let exp = data.claims.get("exp").and_then(|v| v.as_u64());
         self.cache
             .put(cache_key, &identity, exp, self.validation.leeway);
         Auth::Authenticated(identity)
