@@ -30,12 +30,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 mod client;
 mod gateway;
+mod h2raw;
 mod prom;
+mod raw_upstream;
 mod upstream;
 mod util;
+mod wire;
 
 pub use client::*;
 pub use gateway::*;
+pub use h2raw::*;
 pub use prom::*;
+pub use raw_upstream::*;
 pub use upstream::*;
 pub use util::*;
+pub use wire::*;
