@@ -2270,7 +2270,7 @@ fn p13_rate_limit_store_memory_is_bounded_under_distinct_keys() {
 
 fn buffered_gateway(up: &RawUpstream) -> Gateway {
     Gateway::start(&format!(
-        "{}\n[[routes]]\nname = \"buf\"\npaths = [\"/buf\"]\nupstream = \"raw\"\n\n[routes.request_body]\nbuffer = true\nmax_bytes = 1000\nread_timeout_ms = 500\n",
+        "{}\n[[routes]]\nname = \"buf\"\npaths = [\"/buf\"]\nupstream = \"raw\"\n\n[routes.request_body]\nbuffer = true\nmax_bytes = 1000\n\n[[routes]]\nname = \"stall\"\npaths = [\"/stall\"]\nupstream = \"raw\"\n\n[routes.request_body]\nbuffer = true\nmax_bytes = 1000\nread_timeout_ms = 500\n",
         upstream("raw", up)
     ))
 }
@@ -2326,7 +2326,7 @@ fn p14_buffered_body_that_stalls_is_408() {
     let up = RawUpstream::start();
     let gw = buffered_gateway(&up);
     let mut c = RawConn::connect(gw.addr);
-    let mut sent = b"POST /buf HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 300\r\n\r\n".to_vec();
+    let mut sent = b"POST /stall HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 300\r\n\r\n".to_vec();
     sent.extend_from_slice(&[b'a'; 100]);
     c.send(&sent).unwrap();
     let t0 = Instant::now();
