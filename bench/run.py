@@ -961,7 +961,7 @@ def main():
     png = os.path.join(results_dir, stem + ".png")
     has_chart = chart(targets, summary, png)
     md = [
-        f"# tollgate benchmark {date} ({rev})",
+        f"# tollgate benchmark {date} ({rev}" + (f" vs baseline {BASELINE_REV}" if BASELINE_BIN else "") + ")",
         "",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model}), {platform.system()} {platform.release()}",
         f"- {sh(['nginx', '-v']) or sh(['sh', '-c', 'nginx -v 2>&1'])}, {sh(['sh', '-c', 'wrk --version 2>&1 | head -1']).split(' Copyright')[0]}, {sh(['rustc', '--version'])}",
