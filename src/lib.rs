@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod framing;
 pub mod lifecycle;
 pub mod metrics;

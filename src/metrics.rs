@@ -41,6 +41,16 @@ pub struct Metrics {
     pub cache_objects: prometheus::IntGauge,
     /// `tollgate_cache_evictions_total`: objects evicted to stay within the budget.
     pub cache_evictions: prometheus::IntCounter,
+    /// `tollgate_downstream_connections`: client connections open.
+    pub downstream_connections: prometheus::IntGauge,
+    /// `tollgate_connections_refused_total{reason}`: over `max_connections` (`listener`) or
+    /// `max_connections_per_ip` (`client_address`).
+    pub connections_refused: IntCounterVec,
+    /// `tollgate_request_heads_refused_total{reason}`: `header_timeout`, `header_too_large`.
+    pub request_heads_refused: IntCounterVec,
+    /// `tollgate_log_lines_suppressed_total{target}`: log lines left out by the per-call-site
+    /// rate limit.
+    pub log_lines_suppressed: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -135,6 +145,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_cache_evictions_total",
         "Cache objects evicted to stay within cache_max_bytes",
     )?;
+    let downstream_connections =
+        prometheus::IntGauge::new("tollgate_downstream_connections", "Client connections open")?;
+    let connections_refused = IntCounterVec::new(
+        Opts::new(
+            "tollgate_connections_refused_total",
+            "Client connections refused by max_connections or max_connections_per_ip",
+        ),
+        &["reason"],
+    )?;
+    let request_heads_refused = IntCounterVec::new(
+        Opts::new(
+            "tollgate_request_heads_refused_total",
+            "Request heads refused before parsing: too slow or too large",
+        ),
+        &["reason"],
+    )?;
+    let log_lines_suppressed = IntCounterVec::new(
+        Opts::new(
+            "tollgate_log_lines_suppressed_total",
+            "Log lines left out by the once-a-second-per-call-site limit",
+        ),
+        &["target"],
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -154,6 +187,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(cache_bytes.clone()))?;
     registry.register(Box::new(cache_objects.clone()))?;
     registry.register(Box::new(cache_evictions.clone()))?;
+    registry.register(Box::new(downstream_connections.clone()))?;
+    registry.register(Box::new(connections_refused.clone()))?;
+    registry.register(Box::new(request_heads_refused.clone()))?;
+    registry.register(Box::new(log_lines_suppressed.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -177,6 +214,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cache_bytes,
         cache_objects,
         cache_evictions,
+        downstream_connections,
+        connections_refused,
+        request_heads_refused,
+        log_lines_suppressed,
     })
 }
 

@@ -4,6 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config;
+use crate::connection::GuardedApp;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
 use crate::proxy::Gateway;
@@ -124,10 +125,19 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         }
     }
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut http = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(config.clone(), access_log, lifecycle.clone()),
-        "tollgate proxy",
+    );
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = process.h2c;
+    options.keepalive_request_limit =
+        (process.keepalive_requests > 0).then_some(process.keepalive_requests);
+    options.h2_idle_timeout = Some(Duration::from_secs(process.h2_idle_timeout_seconds));
+    http.server_options = Some(options);
+    let mut proxy = Service::new(
+        "tollgate proxy".to_string(),
+        GuardedApp::new(http, config.clone()),
     );
     for addr in &process.listen {
         proxy.add_tcp(addr);
@@ -139,14 +149,6 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
             settings.enable_h2();
         }
         proxy.add_tls_with_settings(&t.listen, None, settings);
-    }
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = process.h2c;
-        options.keepalive_request_limit =
-            (process.keepalive_requests > 0).then_some(process.keepalive_requests);
-        options.h2_idle_timeout = Some(Duration::from_secs(process.h2_idle_timeout_seconds));
-        app.server_options = Some(options);
     }
     server.add_service(proxy);
     if !process.admin_listen.is_empty() {

@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// Decoded header fields: (name, value) pairs.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub const FRAME_DATA: u8 = 0;
 pub const FRAME_HEADERS: u8 = 1;
 pub const FRAME_RST_STREAM: u8 = 3;
@@ -243,15 +246,11 @@ impl H2Conn {
                 };
             };
             match f.typ {
-                FRAME_SETTINGS => {
-                    if f.flags & FLAG_ACK == 0 {
-                        let _ = self.write_frame(FRAME_SETTINGS, FLAG_ACK, 0, &[]);
-                    }
+                FRAME_SETTINGS if f.flags & FLAG_ACK == 0 => {
+                    let _ = self.write_frame(FRAME_SETTINGS, FLAG_ACK, 0, &[]);
                 }
-                FRAME_PING => {
-                    if f.flags & FLAG_ACK == 0 {
-                        let _ = self.write_frame(FRAME_PING, FLAG_ACK, 0, &f.payload);
-                    }
+                FRAME_PING if f.flags & FLAG_ACK == 0 => {
+                    let _ = self.write_frame(FRAME_PING, FLAG_ACK, 0, &f.payload);
                 }
                 FRAME_GOAWAY => {
                     let code = f
@@ -492,7 +491,7 @@ impl HpackDecoder {
         self.evict();
     }
 
-    fn decode(&mut self, mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn decode(&mut self, mut b: &[u8]) -> Result<Fields, String> {
         let mut out = Vec::new();
         while !b.is_empty() {
             let first = b[0];
