@@ -1,8 +1,10 @@
 //! `basic_auth`: RFC 7617 HTTP Basic authentication against consumers' password hashes.
 //!
 //! Verifying an argon2 or bcrypt hash costs milliseconds of CPU on purpose, so it runs on the
-//! blocking thread pool, and successful verifications are cached for a short time, keyed by a
-//! SHA-256 of the credentials (never the password itself), in a bounded map.
+//! blocking thread pool, at most `max_concurrent_verifications` at once (over it: 503, never a
+//! queue that grows), and outcomes are cached for a short time, keyed by a SHA-256 of the
+//! credentials (never the password itself), in bounded maps: a repeated bad guess costs no
+//! second hash.
 
 use crate::consumer::password::{verify, DUMMY_HASH};
 use crate::consumer::{Consumer, Consumers};
@@ -19,6 +21,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Registered name.
 pub const NAME: &str = "basic_auth";
@@ -36,6 +39,14 @@ struct BasicAuthConfig {
     cache_ttl_seconds: u64,
     #[serde(default = "default_cache_size")]
     cache_size: usize,
+    #[serde(default)]
+    max_concurrent_verifications: Option<usize>,
+    #[serde(default = "default_negative_ttl")]
+    negative_cache_ttl_seconds: u64,
+}
+
+fn default_negative_ttl() -> u64 {
+    60
 }
 
 fn default_realm() -> String {
@@ -57,6 +68,11 @@ pub struct BasicAuth {
     ttl: Duration,
     /// Credentials verified recently, by SHA-256 of user, password and stored hash.
     verified: TtlCache<[u8; 32], ()>,
+    /// Credentials that failed recently (same key): a repeated bad guess costs no hash.
+    refused: TtlCache<[u8; 32], ()>,
+    negative_ttl: Duration,
+    /// Hash verifications allowed at once; over it the answer is 503, never a queue.
+    verifications: Arc<Semaphore>,
 }
 
 /// Constructor for the registry.
@@ -77,6 +93,17 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     let anonymous = ctx
         .consumers
         .named(cfg.anonymous.as_deref(), "anonymous", &mut errors);
+    // Each verification keeps a core busy for milliseconds and holds ~19 MiB (argon2id's
+    // default memory cost): at most one per core by default.
+    let max_verifications = cfg
+        .max_concurrent_verifications
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if max_verifications == 0 {
+        errors.push(ConfigError::new(
+            "max_concurrent_verifications",
+            "must be at least 1",
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -87,6 +114,9 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         consumers: ctx.consumers.clone(),
         ttl: Duration::from_secs(cfg.cache_ttl_seconds),
         verified: TtlCache::new(cfg.cache_size),
+        refused: TtlCache::new(cfg.cache_size),
+        negative_ttl: Duration::from_secs(cfg.negative_cache_ttl_seconds),
+        verifications: Arc::new(Semaphore::new(max_verifications)),
     }))
 }
 
@@ -182,16 +212,37 @@ impl Plugin for BasicAuth {
         let entry = self.consumers.basic(&user);
         let hash = entry.map_or(DUMMY_HASH, |e| e.password_hash.as_str());
         let key = Self::cache_key(&user, &password, hash);
+        let now = Instant::now();
         let ok = if entry.is_some() && self.cached(&key) {
             true
+        } else if self.refused.get(&key, now).is_some() {
+            false
         } else {
+            let Ok(permit) = self.verifications.clone().try_acquire_owned() else {
+                return Auth::Invalid(
+                    Answer::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "auth_overloaded",
+                        "too many password verifications at once; retry shortly",
+                    )
+                    .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                );
+            };
             let hash = hash.to_string();
-            let verified = tokio::task::spawn_blocking(move || verify(&password, &hash))
-                .await
-                .unwrap_or(false);
+            // The permit goes with the work: a client that gives up does not free the slot
+            // before the hash is done.
+            let verified = tokio::task::spawn_blocking(move || {
+                let ok = verify(&password, &hash);
+                drop(permit);
+                ok
+            })
+            .await
+            .unwrap_or(false);
             let ok = verified && entry.is_some();
             if ok {
                 self.remember(key);
+            } else if !self.negative_ttl.is_zero() {
+                self.refused.insert(key, (), now + self.negative_ttl);
             }
             ok
         };

@@ -87,5 +87,14 @@ async fn authenticate(
             return None;
         }
     }
-    invalid.or(missing)
+    let stop = invalid.or(missing);
+    if stop.is_some() {
+        ctx.extensions.insert(AuthFailed);
+    }
+    stop
 }
+
+/// Set in the request's extensions when its authentication failed (a plugin such as
+/// `auth_failure_limit` counts them).
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailed;

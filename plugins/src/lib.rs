@@ -12,6 +12,7 @@
 
 pub mod acl;
 pub mod answer;
+pub mod auth_failure_limit;
 pub mod basic_auth;
 pub mod build_ctx;
 pub mod cache;

@@ -4,8 +4,8 @@ use crate::build_ctx::BuildCtx;
 use crate::config_error::ConfigError;
 use crate::plugin::Plugin;
 use crate::{
-    acl, basic_auth, cache, concurrency, cors, headers, ip_restriction, jwt, key_auth, mock,
-    rate_limit, request_size,
+    acl, auth_failure_limit, basic_auth, cache, concurrency, cors, headers, ip_restriction, jwt,
+    key_auth, mock, rate_limit, request_size,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ impl Registry {
         r.register(basic_auth::NAME, basic_auth::build);
         r.register(jwt::NAME, jwt::build);
         r.register(acl::NAME, acl::build);
+        r.register(auth_failure_limit::NAME, auth_failure_limit::build);
         r.register(rate_limit::NAME, rate_limit::build);
         r.register(concurrency::NAME, concurrency::build);
         r.register(ip_restriction::NAME, ip_restriction::build);
