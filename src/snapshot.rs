@@ -76,6 +76,8 @@ pub struct Route {
     pub split: Option<crate::split::Split>,
     /// Some plugin of the chain looks at request body chunks.
     pub body_hooks: bool,
+    /// How the request body is received, when configured.
+    pub request_body: Option<crate::config::schema::RequestBodySection>,
     /// The route's cache policy, when it has the `cache` plugin.
     pub cache: Option<Arc<tollgate_plugins::cache::CachePolicy>>,
 }

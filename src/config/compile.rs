@@ -458,6 +458,23 @@ fn compile_route(
             "a route needs an `upstream`, a split rule without `match`, or a plugin that answers (such as mock)",
         ));
     }
+    if let Some(b) = &r.request_body {
+        if b.buffer && (b.max_bytes == 0 || b.max_bytes > crate::proxy::body::MAX_SMALL_BODY) {
+            errors.push(ConfigError::new(
+                format!("{at}.request_body.max_bytes"),
+                format!(
+                    "a buffered body is between 1 and {} bytes (what Pingora can replay upstream)",
+                    crate::proxy::body::MAX_SMALL_BODY
+                ),
+            ));
+        }
+        if b.read_timeout_ms == 0 {
+            errors.push(ConfigError::new(
+                format!("{at}.request_body.read_timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+    }
     if errors.len() > before {
         return None;
     }
@@ -484,7 +501,10 @@ fn compile_route(
         },
         duration: METRICS.route_duration(&r.name),
         counters: crate::metrics::RouteCounters::new(&r.name),
-        body_hooks: chain.iter().any(|p| p.wants_request_body()),
+        body_hooks: chain.iter().any(|p| p.wants_request_body())
+            || r.request_body
+                .is_some_and(|b| b.min_rate_bytes_per_second > 0),
+        request_body: r.request_body,
         cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
         chain: chain.into_boxed_slice(),
     })

@@ -607,6 +607,28 @@ pub struct RouteSection {
     /// among its weighted targets; no rule fits → `upstream`.
     #[serde(default)]
     pub split: Vec<SplitRuleSection>,
+    /// How the request body is received.
+    #[serde(default)]
+    pub request_body: Option<RequestBodySection>,
+}
+
+/// `[routes.request_body]`: buffering and pace of request bodies.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBodySection {
+    /// Read the whole body before choosing a backend, so a slow upload never holds an
+    /// upstream connection.
+    #[serde(default)]
+    pub buffer: bool,
+    /// Largest buffered body (Pingora replays at most 64 KiB to the upstream).
+    #[serde(default = "default_body_max")]
+    pub max_bytes: usize,
+    /// Longest wait for the next piece of the body.
+    #[serde(default = "default_body_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// After the first second, a body arriving slower than this is refused (0 = no minimum).
+    #[serde(default)]
+    pub min_rate_bytes_per_second: u64,
 }
 
 /// `[[routes.split]]`: one traffic-split rule.
@@ -688,6 +710,12 @@ fn default_cache_bytes() -> usize {
 }
 fn default_pid_file() -> String {
     "/tmp/tollgate.pid".to_string()
+}
+fn default_body_max() -> usize {
+    64 * 1024
+}
+fn default_body_read_timeout() -> u64 {
+    60_000
 }
 fn default_header_timeout() -> u64 {
     10_000

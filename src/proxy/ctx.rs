@@ -45,6 +45,10 @@ pub struct Ctx {
     pub(super) cache_stored: bool,
     /// SHA-256 of the request body, for routes whose cache key includes it.
     pub(super) body_hash: Option<[u8; 32]>,
+    /// The whole request body, when it was read before choosing an upstream.
+    pub(super) body: Option<bytes::Bytes>,
+    /// When the body began streaming and how much of it came, for the minimum rate.
+    pub(super) body_progress: Option<(Instant, u64)>,
     /// The request id as a header value, made once for the upstream request and the response.
     pub(super) request_id_value: Option<HeaderValue>,
     /// The URI sent upstream when the route rewrites the path.
@@ -72,6 +76,8 @@ impl Ctx {
             cache_use: None,
             cache_stored: false,
             body_hash: None,
+            body: None,
+            body_progress: None,
             request_id_value: None,
             upstream_uri: None,
         }

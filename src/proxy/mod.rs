@@ -19,7 +19,7 @@
 //! | `logging` | always, last | metrics, plugins' log hooks, the access log; the attempt settles |
 
 mod attempt;
-mod body;
+pub mod body;
 mod cache;
 mod ctx;
 pub mod error;
@@ -37,7 +37,7 @@ use crate::upstream::HashOn;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use attempt::{Attempt, BreakerTicket};
-use body::{has_small_body, read_small_body, sha256};
+use body::{has_small_body, read_body, read_small_body, sha256, too_slow, BodyError};
 pub use ctx::Ctx;
 use error::GatewayError;
 use forwarding::{real_client_ip, BadForwardedFor, REQUEST_ID, REQUEST_ID_NAME};
@@ -50,9 +50,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tollgate_plugins::cache::RequestUse;
 use tollgate_plugins::net::contains;
+use tollgate_plugins::req::content_length;
 use tollgate_plugins::{chain, Phase, RequestCtx, RequestId};
 
 /// Bytes of the request line around the method and target: `" "` and `" HTTP/1.1\r\n"`.
@@ -198,9 +199,27 @@ impl ProxyHttp for Gateway {
             }
             None => {}
         }
+        if let Some(rb) = route.request_body {
+            session
+                .as_mut()
+                .set_read_timeout(Some(Duration::from_millis(rb.read_timeout_ms)));
+            if rb.buffer {
+                if matches!(content_length(session.req_header()), Some(Ok(n)) if n > rb.max_bytes as u64)
+                {
+                    return self.refuse_body(session, ctx, BodyError::TooLarge).await;
+                }
+                match read_body(session, rb.max_bytes, rb.min_rate_bytes_per_second).await {
+                    Ok(b) => ctx.body = Some(b),
+                    Err(e) => return self.refuse_body(session, ctx, e).await,
+                }
+            }
+        }
         if let Some(split) = &route.split {
             let body = if split.needs_body && has_small_body(session.req_header()) {
-                let bytes = read_small_body(session).await?;
+                let bytes = match ctx.body.clone() {
+                    Some(b) => b,
+                    None => read_small_body(session).await?,
+                };
                 ctx.body_hash = Some(sha256(&bytes));
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
@@ -221,7 +240,10 @@ impl ProxyHttp for Gateway {
             let use_ = policy.request_use(req);
             ctx.cache_use = Some(use_);
             if use_ == RequestUse::CacheBody && ctx.body_hash.is_none() {
-                let bytes = read_small_body(session).await?;
+                let bytes = match ctx.body.clone() {
+                    Some(b) => b,
+                    None => read_small_body(session).await?,
+                };
                 ctx.body_hash = Some(sha256(&bytes));
             }
         }
@@ -463,6 +485,19 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone().filter(|r| r.body_hooks) else {
             return Ok(());
         };
+        if let Some(min_rate) = route
+            .request_body
+            .map(|b| b.min_rate_bytes_per_second)
+            .filter(|r| *r > 0)
+        {
+            let n = body.as_ref().map_or(0, |b| b.len() as u64);
+            let (start, seen) = ctx.body_progress.get_or_insert((Instant::now(), 0));
+            *seen += n;
+            if !end_of_stream && too_slow(*start, *seen, min_rate) {
+                ctx.failure = Some(GatewayError::RequestTimeout);
+                return Error::e_explain(ErrorType::ReadTimedout, "request body too slow");
+            }
+        }
         for p in route.chain.iter().filter(|p| p.wants_request_body()) {
             if let Some(answer) = p.request_body(body.as_ref(), end_of_stream, &mut ctx.req) {
                 let status = answer.status.as_u16();
@@ -626,6 +661,38 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Answer a request whose body could not be read whole (413, 408), or fail with the
+    /// read error.
+    async fn refuse_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: BodyError,
+    ) -> Result<bool> {
+        session.set_keepalive(None);
+        let answer = match e {
+            BodyError::TooLarge => tollgate_plugins::Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is larger than allowed",
+            ),
+            BodyError::TooSlow => {
+                return self
+                    .answer_error(session, ctx, GatewayError::RequestTimeout)
+                    .await
+            }
+            BodyError::Read(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                return self
+                    .answer_error(session, ctx, GatewayError::RequestTimeout)
+                    .await
+            }
+            BodyError::Read(e) => return Err(e),
+        };
+        ctx.error_code = answer.code;
+        self.send_answer(session, ctx, answer).await?;
+        Ok(true)
+    }
+
     /// Decide to refuse the request with `error` from a phase that can only fail: the
     /// error is kept for `fail_to_proxy`, which answers it.
     fn refuse(&self, ctx: &mut Ctx, error: GatewayError) -> Box<Error> {
