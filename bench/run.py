@@ -211,14 +211,23 @@ def children_of(pid):
     return kids
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_by_pid(pids):
+    """{pid: CPU seconds} of the pids that still exist (an nginx cache loader exits about a
+    minute after start, for example)."""
+    out = {}
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         # after ")": fields[0] is state (field 3), so utime (14) and stime (15) are [11], [12]
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_seconds(pids):
+    return sum(cpu_by_pid(pids).values())
 
 
 def busy_seconds():
@@ -250,10 +259,13 @@ def own_cpu():
 def rss_mib(pids):
     total = 0
     for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # exited meanwhile
     return total / 1024
 
 
@@ -686,6 +698,10 @@ def run_wrk(t, conns, duration, raw_name=None):
     if t.proc.poll() is not None:
         sys.exit(f"{t.name}: process died (exit {t.proc.returncode}); see {TMP}")
 
+    # nginx: master + its current children (the cache reference's cache loader exits after a
+    # minute, a worker could be respawned)
+    if t.pids and t.pids[0] == t.proc.pid:
+        t.pids = [t.proc.pid] + children_of(t.proc.pid)
     rss_max = [0.0]
     stop = threading.Event()
 
@@ -699,14 +715,15 @@ def run_wrk(t, conns, duration, raw_name=None):
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     own0, busy0, t0 = own_cpu(), busy_seconds(), time.time()
-    cpu0 = cpu_seconds(t.pids)
+    cpu0 = cpu_by_pid(t.pids)
     sampler.start()
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=env_seconds(duration) + 30)
     finally:
         stop.set()
         sampler.join()
-    cpu1 = cpu_seconds(t.pids)
+    # CPU of the processes that were there at both ends of the run
+    cpu_s = sum(c - cpu0[pid] for pid, c in cpu_by_pid(t.pids).items() if pid in cpu0)
     own1, busy1, t1 = own_cpu(), busy_seconds(), time.time()
     if res.returncode != 0:
         sys.exit(f"wrk failed ({res.returncode}): {res.stderr}")
@@ -716,8 +733,8 @@ def run_wrk(t, conns, duration, raw_name=None):
     r = parse_wrk(res.stdout)
     if r["rps"] is None or r["requests"] is None:
         sys.exit(f"cannot parse wrk output:\n{res.stdout}")
-    r["cpu_s"] = cpu1 - cpu0
-    r["cpu_per_10k"] = (cpu1 - cpu0) / r["requests"] * 10000 if r["requests"] else None
+    r["cpu_s"] = cpu_s
+    r["cpu_per_10k"] = cpu_s / r["requests"] * 10000 if r["requests"] else None
     r["rss_mib"] = max(rss_max[0], rss_mib(t.pids))
     # CPU used by processes this bench did not start (another build, a test suite...), in % of
     # one core: when it is not near 0, the run shared the machine and its numbers are suspect.
