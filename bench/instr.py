@@ -30,7 +30,7 @@ Environment:
                    the largest deviation from it
   SCENARIOS        tollgate scenarios (names in run.py's SCENARIOS), default proxy,fullchain
   TARGETS          only targets whose name contains one of these comma-separated words
-  ANNOTATE=1       also write `callgrind_annotate` (top functions, inclusive) of the first
+  ANNOTATE=1       also write `callgrind_annotate` (top functions, inclusive and self) of the first
                    phase of each tollgate scenario to bench/results/<stem>-<target>.annotate.txt
   TOLLGATE_BIN, BENCH_REV, TOLLGATE_BASELINE_BIN, BENCH_BASELINE_REV, NGINX_LUA, BENCH_TMP:
                    as for run.py (instr.sh sets them)
@@ -244,13 +244,15 @@ def stop(p, timeout=120):
 
 
 def annotate(dump, out_path, title):
-    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=99", dump],
-                       capture_output=True, text=True, timeout=300)
-    lines = r.stdout.splitlines()
+    """Top functions of one phase's dump: inclusive (the hooks and what they call) and self."""
     with open(out_path, "w") as f:
-        f.write(f"# {title}\n# callgrind_annotate --inclusive=yes of one measured phase "
-                f"({REQUESTS} requests); divide by {REQUESTS} for per-request figures\n")
-        f.write("\n".join(lines[:200]) + "\n")
+        f.write(f"# {title}\n# callgrind_annotate of one measured phase ({REQUESTS} requests); "
+                f"divide by {REQUESTS} for per-request figures\n")
+        for inclusive, n in (("yes", 200), ("no", 80)):
+            r = subprocess.run(["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=100", dump],
+                               capture_output=True, text=True, timeout=300)
+            f.write(f"\n# ---- --inclusive={inclusive}, first {n} lines ----\n")
+            f.write("\n".join(r.stdout.splitlines()[:n]) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +264,8 @@ def main():
     global CG_DIR, VGDB_PREFIX, RAW_DIR
     tmp = os.environ.get("BENCH_TMP") or __import__("tempfile").mkdtemp(prefix="tollgate-instr.")
     R.TMP = tmp
-    # nginx workers started as root run as `nobody`: they must reach the temp dir and write
-    # their callgrind dumps and vgdb FIFOs.
+    # Anything that drops privileges (an nginx worker started as root with master_process on)
+    # must still reach the temp dir and write its callgrind dumps and vgdb FIFOs.
     os.chmod(tmp, 0o711)
     CG_DIR = os.path.join(tmp, "callgrind")
     os.makedirs(CG_DIR, exist_ok=True)
@@ -382,6 +384,13 @@ def report(results, scenarios, rev, stem, results_dir):
             ratios.append([f"{label} fullchain / proxy", f"{f / p:.3f}"])
         if p and floor:
             ratios.append([f"{label} proxy / floor", f"{p / floor:.3f}"])
+        if p and ngx:
+            ratios.append([f"{label} proxy / nginx proxy", f"{p / ngx:.3f}"])
+        # the like-for-like references
+        for scen, ref in (("fullchain", R.NGINX_LUA), ("cachehit", R.NGINX_CACHE)):
+            x, y = mean.get(f"{label} /{scen}/hello"), mean.get(ref)
+            if x and y:
+                ratios.append([f"{label} {scen} / {ref}", f"{x / y:.3f}"])
     if R.BASELINE_BIN:
         for s in scenarios:
             n, b = mean.get(f"tollgate {s.path}"), mean.get(f"tollgate@{R.BASELINE_REV} {s.path}")
