@@ -12,11 +12,12 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     && useradd --system --uid 10001 --home /nonexistent tollgate \
     && mkdir -p /etc/tollgate
 COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+# The default config keeps the admin listener (/metrics, /healthz, /readyz, /cache/purge) on
+# the container's loopback, where HEALTHCHECK reaches it. To scrape it from outside, mount a
+# config with admin_listen = "0.0.0.0:9090" and admin_token = "${TOLLGATE_ADMIN_TOKEN}" (a
+# token is required off loopback) and run with -e TOLLGATE_ADMIN_TOKEN=... -p 9090:9090;
+# see docs/operations.md.
 COPY conf/tollgate.toml /etc/tollgate/tollgate.toml
-# The admin listener (/metrics, /healthz, /readyz, /cache/purge) must leave the container's
-# loopback to be scraped; publish 9090 to trusted networks only.
-RUN sed -i 's|^admin_listen = "127.0.0.1:9090"|admin_listen = "0.0.0.0:9090"|' /etc/tollgate/tollgate.toml \
-    && grep -q '^admin_listen = "0.0.0.0:9090"' /etc/tollgate/tollgate.toml
 USER tollgate
 EXPOSE 8080 9090
 # SIGTERM drains in-flight requests for server.shutdown_timeout_seconds.

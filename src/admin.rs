@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is alive),
 //! `/readyz` (a config is loaded and the proxy listener accepts connections) and
-//! `POST /cache/purge`.
+//! `POST /cache/purge`. With `[server] admin_token`, `/metrics` and `/cache/purge` need
+//! `Authorization: Bearer <token>` (compared in constant time); the probes stay open.
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
@@ -10,20 +11,39 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tollgate_plugins::Answer;
 
 /// The admin endpoints.
 pub struct AdminApp {
     lifecycle: Arc<Lifecycle>,
     retained: Arc<Retained>,
+    /// `Bearer <admin_token>`, when one is set.
+    expected: Option<Vec<u8>>,
 }
 
 impl AdminApp {
-    /// Endpoints reporting on `lifecycle` and acting on `retained` (the cache).
-    pub fn new(lifecycle: Arc<Lifecycle>, retained: Arc<Retained>) -> Self {
+    /// Endpoints reporting on `lifecycle` and acting on `retained` (the cache); `token`
+    /// (empty: none) guards everything but the probes.
+    pub fn new(lifecycle: Arc<Lifecycle>, retained: Arc<Retained>, token: &str) -> Self {
         AdminApp {
             lifecycle,
             retained,
+            expected: (!token.is_empty()).then(|| format!("Bearer {token}").into_bytes()),
+        }
+    }
+
+    fn authorized(&self, req: &pingora::http::RequestHeader) -> bool {
+        let Some(expected) = &self.expected else {
+            return true;
+        };
+        let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => {
+                v.as_bytes().len() == expected.len()
+                    && bool::from(v.as_bytes().ct_eq(expected.as_slice()))
+            }
+            _ => false,
         }
     }
 }
@@ -38,13 +58,17 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-/// The documented JSON error body.
+/// The documented JSON error body, with an `X-Request-Id` like every gateway answer.
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Vec<u8>> {
-    respond(
+    let mut r = respond(
         status,
         "application/json",
         Answer::error(status, code, message).body.to_vec(),
-    )
+    );
+    if let Ok(id) = http::HeaderValue::from_str(tollgate_plugins::RequestId::generate().as_str()) {
+        r.headers_mut().insert("x-request-id", id);
+    }
+    r
 }
 
 impl AdminApp {
@@ -83,6 +107,18 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let guarded = matches!(req.uri.path(), "/metrics" | "/cache/purge");
+        if guarded && !self.authorized(req) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this admin endpoint needs Authorization: Bearer <admin_token>",
+            );
+            if let Ok(v) = http::HeaderValue::from_str("Bearer realm=\"tollgate-admin\"") {
+                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+            return r;
+        }
         match req.uri.path() {
             "/cache/purge" => self.purge(req),
             "/metrics" => respond(

@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

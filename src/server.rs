@@ -25,16 +25,6 @@ use std::time::Duration;
 /// How often readiness is probed until the proxy listener accepts.
 const READY_POLL: Duration = Duration::from_millis(50);
 
-/// Set up logging: the config's level, unless `RUST_LOG` says otherwise.
-pub fn init_logging(level: &str) {
-    let mut b = env_logger::Builder::new();
-    b.filter_level(level.parse().unwrap_or(log::LevelFilter::Info));
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
-    }
-    let _ = b.try_init();
-}
-
 /// Why the gateway could not start.
 #[derive(Debug)]
 pub enum RunError {
@@ -79,7 +69,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         check_bindable(&addrs)?;
     }
     retained.settle(&snap);
-    init_logging(&snap.server.live.log_level);
+    crate::logging::init(&snap.server.live.log_level);
     let access_log = if process.access_log.enabled {
         match AccessLog::start(&process.access_log.path) {
             Ok(log) => Some(log),
@@ -154,7 +144,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     if !process.admin_listen.is_empty() {
         let mut admin = Service::new(
             "tollgate admin".to_string(),
-            AdminApp::new(lifecycle.clone(), retained.clone()),
+            AdminApp::new(lifecycle.clone(), retained.clone(), &process.admin_token),
         );
         admin.add_tcp(&process.admin_listen);
         server.add_service(admin);

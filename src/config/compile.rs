@@ -156,10 +156,25 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
-    if !s.admin_listen.is_empty() && s.admin_listen.parse::<SocketAddr>().is_err() {
+    if !s.admin_listen.is_empty() {
+        match s.admin_listen.parse::<SocketAddr>() {
+            Err(_) => errors.push(ConfigError::new(
+                "server.admin_listen",
+                format!("{:?} is not an \"ip:port\" address", s.admin_listen),
+            )),
+            Ok(a) if !a.ip().is_loopback() && s.admin_token.is_empty() => {
+                errors.push(ConfigError::new(
+                    "server.admin_token",
+                    "required when admin_listen is not a loopback address (the admin listener serves /metrics and POST /cache/purge); e.g. admin_token = \"${TOLLGATE_ADMIN_TOKEN}\"",
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    if !s.admin_token.is_empty() && s.admin_token.len() < 16 {
         errors.push(ConfigError::new(
-            "server.admin_listen",
-            format!("{:?} is not an \"ip:port\" address", s.admin_listen),
+            "server.admin_token",
+            "must be at least 16 characters",
         ));
     }
     if s.log_level.parse::<log::LevelFilter>().is_err() {

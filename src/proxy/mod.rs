@@ -596,6 +596,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        // Pingora's own summary has the query string, where API keys and tokens travel.
+        let req = session.req_header();
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            req.uri.path(),
+            request_host(req)
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
