@@ -94,6 +94,12 @@ struct RateLimitConfig {
     on_store_error: OnStoreError,
     #[serde(default)]
     headers: HeaderMode,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    DEFAULT_MAX_KEYS
 }
 
 /// The compiled `rate_limit` plugin.
@@ -129,6 +135,9 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             None => {}
         }
     }
+    if cfg.max_keys == 0 {
+        errors.push(ConfigError::new("max_keys", "must be at least 1"));
+    }
     if windows.is_empty() && errors.is_empty() {
         errors.push(ConfigError::new(
             "",
@@ -145,6 +154,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         h.update(w.ms.to_le_bytes());
         h.update(w.max.to_le_bytes());
     }
+    let local_key = format!("{}", cfg.max_keys);
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -187,8 +197,8 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     }
     let local = ctx
         .state
-        .get_or_insert(&format!("rate_limit:{scope:016x}"), || {
-            LocalCounters::new(DEFAULT_MAX_KEYS)
+        .get_or_insert(&format!("rate_limit:{scope:016x}:{local_key}"), || {
+            LocalCounters::new(cfg.max_keys)
         });
     Ok(Arc::new(RateLimit {
         key,
