@@ -131,6 +131,11 @@ impl ServeHttp for AdminApp {
                 "application/json",
                 br#"{"status":"ok"}"#.to_vec(),
             ),
+            "/readyz" if self.lifecycle.is_draining() => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "shutting down: finishing the requests in flight",
+            ),
             "/readyz" if self.lifecycle.is_ready() => respond(
                 StatusCode::OK,
                 "application/json",

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
 pub mod split;
 pub mod target;

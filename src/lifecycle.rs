@@ -2,7 +2,7 @@
 //! by the proxy (responses close their connections while draining), the admin listener
 //! (`/readyz`) and the server (signals, readiness probe).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The process's lifecycle flags.
 #[derive(Debug, Default)]
@@ -10,6 +10,7 @@ pub struct Lifecycle {
     ready: AtomicBool,
     draining: AtomicBool,
     reload_armed: AtomicBool,
+    connections: AtomicUsize,
 }
 
 impl Lifecycle {
@@ -44,5 +45,20 @@ impl Lifecycle {
     /// Mark reloads armed.
     pub fn set_reload_armed(&self) {
         self.reload_armed.store(true, Ordering::Release);
+    }
+
+    /// A client connection opened (the proxy listeners only).
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Client connections open: what a drain waits for.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 }

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// `tollgate_request_heads_refused_total{reason}`: `header_timeout`, `header_too_large`.
     pub request_heads_refused: IntCounterVec,
+    /// `tollgate_upstream_retries_total{upstream,cause}`: retries decided, by cause
+    /// (`connect`, `reused_connection`, `status`, `timeout`).
+    pub upstream_retries: IntCounterVec,
     /// `tollgate_log_lines_suppressed_total{target}`: log lines left out by the per-call-site
     /// rate limit.
     pub log_lines_suppressed: IntCounterVec,
@@ -161,6 +164,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["reason"],
     )?;
+    let upstream_retries = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_retries_total",
+            "Retries of upstream attempts, by upstream and cause",
+        ),
+        &["upstream", "cause"],
+    )?;
     let log_lines_suppressed = IntCounterVec::new(
         Opts::new(
             "tollgate_log_lines_suppressed_total",
@@ -191,6 +201,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(connections_refused.clone()))?;
     registry.register(Box::new(request_heads_refused.clone()))?;
     registry.register(Box::new(log_lines_suppressed.clone()))?;
+    registry.register(Box::new(upstream_retries.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -218,6 +229,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connections_refused,
         request_heads_refused,
         log_lines_suppressed,
+        upstream_retries,
     })
 }
 

@@ -10,11 +10,12 @@ use crate::metrics::METRICS;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::retained::Retained;
+use crate::shutdown::DrainingShutdown;
 use crate::upstream::health::HealthChecker;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::fmt;
@@ -95,8 +96,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
             process.threads
         },
         work_stealing: process.work_stealing,
-        grace_period_seconds: Some(process.shutdown_grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_seconds),
+        // Pingora's own wait after it closes the listeners; the drain watchdog
+        // (shutdown.rs) ends the process as soon as the last connection ends.
+        grace_period_seconds: Some(process.shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
         upgrade_sock: process.upgrade_sock.clone(),
         pid_file: process.pid_file.clone(),
@@ -121,13 +124,14 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     );
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = process.h2c;
+    // Pingora counts reuses, after the first request: N requests are N - 1 reuses.
     options.keepalive_request_limit =
-        (process.keepalive_requests > 0).then_some(process.keepalive_requests);
+        (process.keepalive_requests > 0).then(|| process.keepalive_requests - 1);
     options.h2_idle_timeout = Some(Duration::from_secs(process.h2_idle_timeout_seconds));
     http.server_options = Some(options);
     let mut proxy = Service::new(
         "tollgate proxy".to_string(),
-        GuardedApp::new(http, config.clone()),
+        GuardedApp::new(http, config.clone(), lifecycle.clone()),
     );
     for addr in &process.listen {
         proxy.add_tcp(addr);
@@ -158,16 +162,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         Reloader::new(path, config.clone(), retained, lifecycle.clone()),
     ));
     server.add_service(background_service(
-        "drain signals",
-        DrainSignals {
-            lifecycle: lifecycle.clone(),
-        },
-    ));
-    server.add_service(background_service(
         "readiness",
         ReadyProbe {
-            listen: process.listen,
-            lifecycle,
+            listen: process.listen.clone(),
+            lifecycle: lifecycle.clone(),
         },
     ));
     log::info!(
@@ -175,35 +173,15 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         env!("CARGO_PKG_VERSION"),
         path.display()
     );
-    server.run_forever()
-}
-
-/// Marks the process draining when SIGQUIT or SIGTERM arrives. Pingora handles these
-/// signals itself; this second handler only flips the flag.
-struct DrainSignals {
-    lifecycle: Arc<Lifecycle>,
-}
-
-#[async_trait]
-impl BackgroundService for DrainSignals {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut quit), Ok(mut term)) =
-            (signal(SignalKind::quit()), signal(SignalKind::terminate()))
-        else {
-            log::error!(
-                "cannot listen for SIGQUIT/SIGTERM: responses will not close while draining"
-            );
-            return;
-        };
-        tokio::select! {
-            _ = quit.recv() => {}
-            _ = term.recv() => {}
-            _ = shutdown.changed() => return,
-        }
-        self.lifecycle.set_draining();
-        log::info!("draining: responses now close their connections");
-    }
+    let shutdown = DrainingShutdown {
+        lifecycle,
+        grace: Duration::from_secs(process.shutdown_grace_period_seconds),
+        timeout: Duration::from_secs(process.shutdown_timeout_seconds),
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(shutdown),
+    });
+    std::process::exit(0)
 }
 
 /// Marks the process ready once the first proxy listener accepts a connection and reloads

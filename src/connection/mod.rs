@@ -8,6 +8,7 @@ pub mod guard;
 pub mod head;
 pub mod limits;
 
+use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
@@ -31,6 +32,7 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The proxy's `ServerApp` behind connection limits and head guards.
 pub struct GuardedApp<A> {
     inner: Arc<A>,
+    lifecycle: Arc<Lifecycle>,
     limits: Arc<ConnectionLimits>,
     config: Arc<ArcSwap<Snapshot>>,
     on_refusal: OnRefusal,
@@ -39,11 +41,12 @@ pub struct GuardedApp<A> {
 impl<A> GuardedApp<A> {
     /// Guard `inner` with the limits of `config`'s `[server]` (read when each connection
     /// is accepted, so a reload applies to new connections).
-    pub fn new(inner: A, config: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub fn new(inner: A, config: Arc<ArcSwap<Snapshot>>, lifecycle: Arc<Lifecycle>) -> Self {
         let process = &config.load().server.process;
         let limits = ConnectionLimits::new(process.max_connections, process.max_connections_per_ip);
         GuardedApp {
             inner: Arc::new(inner),
+            lifecycle,
             limits,
             config,
             on_refusal: Arc::new(|why: HeadRefusal| {
@@ -101,11 +104,13 @@ where
             }
         };
         METRICS.downstream_connections.inc();
+        self.lifecycle.connection_opened();
         let guarded =
             GuardedStream::new(stream, accepted, timeout, max_head, self.on_refusal.clone());
         // The HTTP app serves every request of the connection before it returns.
         let _ = ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
         METRICS.downstream_connections.dec();
+        self.lifecycle.connection_closed();
         drop(permit);
         None
     }

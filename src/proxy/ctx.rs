@@ -28,6 +28,8 @@ pub struct Ctx {
     pub(super) upstream_status: Option<u16>,
     /// Status/timeout retries used.
     pub(super) retries_used: u32,
+    /// Tries at a backend so far, whatever ended them.
+    pub(super) attempts: u32,
     /// Backends already tried, kept out of the next pick.
     pub(super) tried: Vec<SocketAddr>,
     pub(super) upstream_start: Option<Instant>,
@@ -43,6 +45,8 @@ pub struct Ctx {
     pub(super) cache_use: Option<RequestUse>,
     /// The response was admitted to the cache.
     pub(super) cache_stored: bool,
+    /// A stale copy is served because the origin failed (the connection will not be reused).
+    pub(super) stale_on_error: bool,
     /// SHA-256 of the request body, for routes whose cache key includes it.
     pub(super) body_hash: Option<[u8; 32]>,
     /// The whole request body, when it was read before choosing an upstream.
@@ -67,6 +71,7 @@ impl Ctx {
             attempt: None,
             upstream_status: None,
             retries_used: 0,
+            attempts: 0,
             tried: Vec::new(),
             upstream_start: None,
             upstream_elapsed: None,
@@ -75,6 +80,7 @@ impl Ctx {
             pending: None,
             cache_use: None,
             cache_stored: false,
+            stale_on_error: false,
             body_hash: None,
             body: None,
             body_progress: None,
@@ -94,6 +100,23 @@ impl Ctx {
             self.request_id_value = HeaderValue::from_str(self.req.request_id.as_str()).ok();
         }
         self.request_id_value.clone()
+    }
+
+    /// May another attempt be made? Every request reaches the upstream at most
+    /// `1 + retries` times, whatever the cause.
+    pub(super) fn retry_allowed(&self) -> bool {
+        let retries = self.upstream.as_ref().map_or(0, |u| u.retries) as u32;
+        self.attempts < 1 + retries
+    }
+
+    /// Count a retry that is about to happen.
+    pub(super) fn count_retry(&self, cause: &'static str) {
+        if let Some(up) = &self.upstream {
+            crate::metrics::METRICS
+                .upstream_retries
+                .with_label_values(&[&*up.name, cause])
+                .inc();
+        }
     }
 
     /// Keep the current attempt's backend out of the next pick.

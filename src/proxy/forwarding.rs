@@ -7,7 +7,7 @@ use crate::snapshot::{rewrite_path, PathRewrite, Route};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 use std::net::IpAddr;
 use tollgate_plugins::net::contains;
@@ -201,6 +201,50 @@ pub fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result
     Ok(())
 }
 
+/// Headers that are about one connection, never forwarded (RFC 9110 §7.6.1), besides those
+/// the `Connection` header names. `Upgrade` stays on a 101.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Remove the hop-by-hop headers of an upstream response: the standard ones and every
+/// header its `Connection` names. One pass over the names when there are none (the usual
+/// case).
+pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if !resp
+        .headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(&k.as_str()))
+    {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    if !upgrade {
+        for v in resp.headers.get_all(header::CONNECTION) {
+            for name in v.to_str().unwrap_or("").split(',') {
+                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    doomed.push(n);
+                }
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        doomed.push(HeaderName::from_static(name));
+    }
+    for n in doomed {
+        resp.remove_header(&n);
+    }
+}
+
 /// `X-Forwarded-For` with `ip` appended to what the client (or a proxy before us) sent.
 /// IPv4 is formatted by hand: `Display` for addresses costs more than the rest of this.
 fn forwarded_for(prev: Option<&[u8]>, ip: IpAddr) -> Option<HeaderValue> {
@@ -265,6 +309,30 @@ mod tests {
         let mut left: Vec<&str> = trusted.headers.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["accept", "my_header", "x-forwarded-host"]);
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_go() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (n, v) in [
+            ("connection", "x-a, X-B"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-ok", "1"),
+        ] {
+            r.append_header(n, v).unwrap();
+        }
+        strip_hop_by_hop(&mut r);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-ok"]);
+        let mut up = ResponseHeader::build(101, None).unwrap();
+        up.append_header("connection", "upgrade").unwrap();
+        up.append_header("upgrade", "websocket").unwrap();
+        strip_hop_by_hop(&mut up);
+        assert_eq!(up.headers.len(), 2, "a 101 keeps its upgrade");
     }
 
     #[test]

@@ -303,6 +303,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.attempt = Some(Attempt::begin(upstream, index, ticket));
+        ctx.attempts += 1;
         ctx.upstream_start.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
     }
@@ -325,20 +326,30 @@ impl ProxyHttp for Gateway {
         // Never once the client got response bytes: a retry would corrupt the response.
         if session.response_written().is_some() || !replayable {
             e.set_retry(false);
-        } else if retry_timeout && matches!(e.etype(), ErrorType::ReadTimedout) {
+        } else if retry_timeout
+            && ctx.retry_allowed()
+            && matches!(e.etype(), ErrorType::ReadTimedout)
+        {
             ctx.retries_used += 1;
             ctx.remember_tried();
             if let Some(a) = &mut ctx.attempt {
                 a.report(false);
             }
+            ctx.count_retry("timeout");
             e.set_retry(true);
         } else if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            // Pingora retries a failure on a reused pooled connection (the backend may have
+            // closed it while idle), but never past the request's attempt budget.
             e.retry.decide_reuse(client_reused);
+            if e.retry() && !ctx.retry_allowed() {
+                e.set_retry(false);
+            }
             if e.retry() {
                 // A pooled connection the backend had closed: not the backend's failure.
                 if let Some(a) = &mut ctx.attempt {
                     a.forgive();
                 }
+                ctx.count_retry("reused_connection");
             }
         }
         e
@@ -355,9 +366,12 @@ impl ProxyHttp for Gateway {
         if let Some(a) = &mut ctx.attempt {
             a.report(false);
         }
-        let retries = ctx.upstream.as_ref().map_or(0, |u| u.retries);
         // Bounded by the upstream's `retries`; a new backend is picked on each try.
-        e.set_retry(ctx.tried.len() <= retries);
+        let retry = ctx.retry_allowed();
+        if retry {
+            ctx.count_retry("connect");
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -467,12 +481,15 @@ impl ProxyHttp for Gateway {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
         // Called only inside the stored response's stale-while-revalidate (no error) or
         // stale-if-error windows; both are the origin's explicit permission.
-        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+        let serve = error.is_none_or(|e| e.esource() == &ErrorSource::Upstream);
+        // Pingora does not reuse a connection after serving stale on error.
+        ctx.stale_on_error |= serve && error.is_some();
+        serve
     }
 
     async fn request_body_filter(
@@ -523,13 +540,18 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        // Before the cache may store it: hop-by-hop headers describe the upstream
+        // connection, not the response (RFC 9110 §7.6.1).
+        forwarding::strip_hop_by_hop(upstream_response);
         if let Some(route) = &ctx.route {
             let p = &route.retry;
             if p.on_status.contains(&status)
                 && ctx.retries_used < p.max
                 && session_idempotent(session)
                 && p.deadline.is_none_or(|d| ctx.start.elapsed() < d)
+                && ctx.retry_allowed()
             {
+                ctx.count_retry("status");
                 ctx.retries_used += 1;
                 if let Some(a) = &mut ctx.attempt {
                     a.report(status < 500);
@@ -568,6 +590,9 @@ impl ProxyHttp for Gateway {
         }
         self.finish_header(upstream_response, ctx);
         self.close_if_draining(session);
+        if ctx.stale_on_error {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -588,6 +613,9 @@ impl ProxyHttp for Gateway {
             }
         };
         if let Some(answer) = answer.filter(|_| session.response_written().is_none()) {
+            // Pingora will not reuse this connection: say so, so the client does not send
+            // its next request into a closing socket.
+            session.set_keepalive(None);
             let _ = self.send_answer(session, ctx, answer).await;
         }
         FailToProxy {
