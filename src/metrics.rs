@@ -51,6 +51,8 @@ pub struct Metrics {
     /// `tollgate_upstream_retries_total{upstream,cause}`: retries decided, by cause
     /// (`connect`, `reused_connection`, `status`, `timeout`).
     pub upstream_retries: IntCounterVec,
+    /// `tollgate_split_body_too_large_total{route}`: bodies a split could not read.
+    pub split_body_too_large: IntCounterVec,
     /// `tollgate_log_lines_suppressed_total{target}`: log lines left out by the per-call-site
     /// rate limit.
     pub log_lines_suppressed: IntCounterVec,
@@ -171,6 +173,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream", "cause"],
     )?;
+    let split_body_too_large = IntCounterVec::new(
+        Opts::new(
+            "tollgate_split_body_too_large_total",
+            "Requests whose body was too large (or chunked) to match split rules on, by route",
+        ),
+        &["route"],
+    )?;
     let log_lines_suppressed = IntCounterVec::new(
         Opts::new(
             "tollgate_log_lines_suppressed_total",
@@ -202,6 +211,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(request_heads_refused.clone()))?;
     registry.register(Box::new(log_lines_suppressed.clone()))?;
     registry.register(Box::new(upstream_retries.clone()))?;
+    registry.register(Box::new(split_body_too_large.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -230,6 +240,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         request_heads_refused,
         log_lines_suppressed,
         upstream_retries,
+        split_body_too_large,
     })
 }
 

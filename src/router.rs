@@ -285,6 +285,15 @@ impl Router {
         &self.entries[index]
     }
 
+    /// The first entry that matches the request in everything but its method (for CORS
+    /// preflights, which use `OPTIONS` on routes that may not list it).
+    pub fn find_any_method(&self, host: &str, req: &RequestHeader) -> Option<usize> {
+        let path = req.uri.path();
+        self.entries
+            .iter()
+            .position(|e| e.matches_except_method(host, path, req))
+    }
+
     /// Find the route for a request. `host` is the request's host without port.
     pub fn find(&self, host: &str, req: &RequestHeader) -> Match {
         let path = req.uri.path();

@@ -76,6 +76,11 @@ pub struct Route {
     pub split: Option<crate::split::Split>,
     /// Some plugin of the chain looks at request body chunks.
     pub body_hooks: bool,
+    /// The chain has `cors`: a preflight is answered even when `methods` leaves out
+    /// `OPTIONS`.
+    pub cors: bool,
+    /// Largest body read to match split rules on JSON fields.
+    pub split_body_max_bytes: usize,
     /// How the request body is received, when configured.
     pub request_body: Option<crate::config::schema::RequestBodySection>,
     /// The route's cache policy, when it has the `cache` plugin.

@@ -3,7 +3,7 @@
 
 use crate::config::schema::SplitRuleSection;
 use crate::router::ValueMatch;
-use crate::upstream::{spread, UpstreamPool};
+use crate::upstream::{smooth_wheel, UpstreamPool};
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -19,8 +19,11 @@ pub struct Rule {
     query: Vec<(String, ValueMatch)>,
     /// `(JSON pointer, predicate)` on the request body.
     body: Vec<(String, ValueMatch)>,
-    targets: Vec<(Arc<UpstreamPool>, u64)>,
-    total: u64,
+    targets: Vec<Arc<UpstreamPool>>,
+    /// Target indexes in smooth weighted order: each block of `wheel.len()` requests gets
+    /// exactly the weights' shares.
+    wheel: Vec<u32>,
+    counter: AtomicU64,
 }
 
 /// The compiled rules of a route.
@@ -28,7 +31,6 @@ pub struct Split {
     rules: Vec<Rule>,
     /// Some rule looks at the body, so it must be read before choosing.
     pub needs_body: bool,
-    counter: AtomicU64,
 }
 
 impl Split {
@@ -82,9 +84,13 @@ impl Split {
                 ));
             }
             let mut targets = Vec::new();
+            let mut weights = Vec::new();
             for (j, t) in r.targets.iter().enumerate() {
                 match upstreams.get(&t.upstream) {
-                    Some(u) if t.weight > 0 => targets.push((u.clone(), t.weight as u64)),
+                    Some(u) if t.weight > 0 => {
+                        targets.push(u.clone());
+                        weights.push(t.weight as usize);
+                    }
                     Some(_) => errors.push(ConfigError::new(
                         format!("{rat}.targets[{j}].weight"),
                         "must be at least 1",
@@ -95,20 +101,19 @@ impl Split {
                     )),
                 }
             }
-            let total = targets.iter().map(|t| t.1).sum();
             out.push(Rule {
                 headers,
                 cookies,
                 query,
                 body,
                 targets,
-                total,
+                wheel: smooth_wheel(&weights),
+                counter: AtomicU64::new(0),
             });
         }
         Some(Split {
             needs_body: out.iter().any(|r| !r.body.is_empty()),
             rules: out,
-            counter: AtomicU64::new(0),
         })
     }
 
@@ -127,19 +132,14 @@ impl Split {
         body: Option<&serde_json::Value>,
     ) -> Option<Arc<UpstreamPool>> {
         let rule = self.rules.iter().find(|r| r.matches(req, body))?;
-        if rule.total == 0 {
+        if rule.wheel.is_empty() {
             return None;
         }
-        // A weighted pick from a spread counter: deterministic shares over many requests.
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut point = spread(n) % rule.total;
-        for (up, w) in &rule.targets {
-            if point < *w {
-                return Some(up.clone());
-            }
-            point -= w;
-        }
-        None
+        // Exact weights over every block of `wheel.len()` requests, spread out (nginx's
+        // smooth weighted round robin).
+        let n = rule.counter.fetch_add(1, Ordering::Relaxed) as usize;
+        let i = rule.wheel[n % rule.wheel.len()] as usize;
+        rule.targets.get(i).cloned()
     }
 }
 

@@ -1,6 +1,6 @@
 //! `acl`: allow or deny consumer groups on a route (after authentication).
 
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::StatusCode;
 use pingora::proxy::Session;
@@ -27,7 +27,7 @@ pub struct Acl {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: AclConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: AclConfig = parse_config_all(value)?;
     if cfg.allow.is_empty() == cfg.deny.is_empty() {
         return Err(vec![ConfigError::new(
             "",

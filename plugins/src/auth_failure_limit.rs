@@ -9,7 +9,7 @@
 
 use crate::chain::AuthFailed;
 use crate::ttl_cache::TtlCache;
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
 use pingora::proxy::Session;
@@ -61,7 +61,7 @@ pub struct AuthFailureLimit {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: Config = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: Config = parse_config_all(value)?;
     let mut errors = Vec::new();
     if cfg.max_failures == 0 {
         errors.push(ConfigError::new("max_failures", "must be at least 1"));

@@ -10,7 +10,7 @@ use crate::consumer::password::{verify, DUMMY_HASH};
 use crate::consumer::{Consumer, Consumers};
 use crate::ttl_cache::TtlCache;
 use crate::{
-    parse_config, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
+    parse_config_all, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
 };
 use async_trait::async_trait;
 use base64::Engine;
@@ -77,7 +77,7 @@ pub struct BasicAuth {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: BasicAuthConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: BasicAuthConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let challenge =
         match HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", cfg.realm)) {

@@ -1,7 +1,7 @@
 //! `concurrency`: at most `max` requests in flight per key; the rest get 503 at once.
 
 use crate::limit_key::{LimitBySpec, LimitKey};
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
 use pingora::proxy::Session;
@@ -38,7 +38,7 @@ struct Slot(#[allow(dead_code)] Arc<Guard>);
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: ConcurrencyConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: ConcurrencyConfig = parse_config_all(value)?;
     if cfg.max == 0 {
         return Err(vec![ConfigError::new("max", "must be at least 1")]);
     }

@@ -11,7 +11,7 @@
 //!   a config error, and the `null` origin is never allowed.
 //! - `~regex` origins must match the whole origin (they are anchored).
 
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -73,7 +73,7 @@ pub struct Cors {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: CorsConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: CorsConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let mut origins = Vec::new();
     for (i, o) in cfg.origins.iter().enumerate() {

@@ -91,7 +91,7 @@ pub fn build(
     value: &toml::Value,
     _ctx: &crate::BuildCtx,
 ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: HeadersConfig = crate::parse_config(value).map_err(|e| vec![e])?;
+    let cfg: HeadersConfig = crate::parse_config_all(value)?;
     let mut errors = Vec::new();
     let request = CompiledOps::compile(&cfg.request, "request", &mut errors);
     let response = CompiledOps::compile(&cfg.response, "response", &mut errors);

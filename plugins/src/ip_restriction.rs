@@ -2,7 +2,7 @@
 //! applied to the client address (after `[server] trusted_proxies`).
 
 use crate::net::{contains, parse_nets};
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::StatusCode;
 use ipnet::IpNet;
@@ -30,7 +30,7 @@ pub struct IpRestriction {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: IpConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: IpConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let allow = parse_nets(&cfg.allow, "allow", &mut errors);
     let deny = parse_nets(&cfg.deny, "deny", &mut errors);

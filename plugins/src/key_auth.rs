@@ -1,7 +1,7 @@
 //! `key_auth`: authenticate by an API key in a header or a query parameter.
 
 use crate::consumer::{Consumer, Consumers};
-use crate::{parse_config, Answer, Auth, BuildCtx, ConfigError, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, Auth, BuildCtx, ConfigError, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
@@ -42,7 +42,7 @@ const CHALLENGE: HeaderValue = HeaderValue::from_static("Key");
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: KeyAuthConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: KeyAuthConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let mut headers = Vec::new();
     for (i, n) in cfg.key_names.iter().enumerate() {

@@ -41,7 +41,7 @@ pub mod ttl_cache;
 
 pub use answer::Answer;
 pub use build_ctx::BuildCtx;
-pub use config_error::{parse_config, ConfigError};
+pub use config_error::{parse_config, parse_config_all, ConfigError};
 pub use consumer::{Consumer, Consumers, Identity};
 pub use context::{RequestCtx, RequestId};
 pub use plugin::{Auth, Flow, Phase, Plugin};

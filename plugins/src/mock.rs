@@ -1,6 +1,6 @@
 //! `mock`: answer with a configured status, headers and body, without an upstream.
 
-use crate::{parse_config, Answer, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -42,7 +42,7 @@ pub fn build(
     value: &toml::Value,
     _ctx: &crate::BuildCtx,
 ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: MockConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: MockConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let status = match StatusCode::from_u16(cfg.status) {
         Ok(s) if s.as_u16() >= 200 => s,

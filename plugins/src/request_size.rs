@@ -1,7 +1,7 @@
 //! `request_size`: refuse request bodies over a size, by `Content-Length` before reading, or
 //! while a body without one (chunked) streams past the limit.
 
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::StatusCode;
@@ -32,7 +32,7 @@ struct Seen(u64);
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, _ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: SizeConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: SizeConfig = parse_config_all(value)?;
     Ok(Arc::new(RequestSize {
         max: cfg.max_body_bytes,
         require_content_length: cfg.require_content_length,

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_plugins::net::parse_nets;
-use tollgate_plugins::{parse_config, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry};
+use tollgate_plugins::{
+    parse_config_all, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry,
+};
 
 const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "plugins"];
 
@@ -38,13 +40,13 @@ pub fn compile(
     }
 
     let server = match table.get("server") {
-        Some(v) => match parse_config::<ServerSection>(v) {
+        Some(v) => match parse_config_all::<ServerSection>(v) {
             Ok(s) => {
                 check_server(&s, &mut errors);
                 s
             }
-            Err(e) => {
-                errors.push(e.under("server"));
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| e.under("server")));
                 ServerSection::default()
             }
         },
@@ -211,9 +213,9 @@ fn parse_array<T: serde::de::DeserializeOwned>(
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match parse_config::<T>(item) {
+        match parse_config_all::<T>(item) {
             Ok(t) => out.push((i, t)),
-            Err(e) => errors.push(e.under(&format!("{name}[{i}]"))),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| e.under(&format!("{name}[{i}]")))),
         }
     }
     out
@@ -473,6 +475,15 @@ fn compile_route(
             "a route needs an `upstream`, a split rule without `match`, or a plugin that answers (such as mock)",
         ));
     }
+    if r.split_body_max_bytes == 0 || r.split_body_max_bytes > crate::proxy::body::MAX_SMALL_BODY {
+        errors.push(ConfigError::new(
+            format!("{at}.split_body_max_bytes"),
+            format!(
+                "between 1 and {} bytes (what Pingora can replay upstream)",
+                crate::proxy::body::MAX_SMALL_BODY
+            ),
+        ));
+    }
     if let Some(b) = &r.request_body {
         if b.buffer && (b.max_bytes == 0 || b.max_bytes > crate::proxy::body::MAX_SMALL_BODY) {
             errors.push(ConfigError::new(
@@ -520,6 +531,8 @@ fn compile_route(
             || r.request_body
                 .is_some_and(|b| b.min_rate_bytes_per_second > 0),
         request_body: r.request_body,
+        cors: chain.iter().any(|p| p.name() == "cors"),
+        split_body_max_bytes: r.split_body_max_bytes,
         cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
         chain: chain.into_boxed_slice(),
     })

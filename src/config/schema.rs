@@ -610,6 +610,10 @@ pub struct RouteSection {
     /// How the request body is received.
     #[serde(default)]
     pub request_body: Option<RequestBodySection>,
+    /// Largest request body read to match split rules on JSON body fields; a longer (or
+    /// chunked) body goes to the default target, counted and logged.
+    #[serde(default = "default_body_max")]
+    pub split_body_max_bytes: usize,
 }
 
 /// `[routes.request_body]`: buffering and pace of request bodies.

@@ -11,13 +11,21 @@ use std::time::{Duration, Instant};
 /// retry buffer keeps exactly this much to replay upstream.
 pub const MAX_SMALL_BODY: usize = tollgate_plugins::cache::MAX_KEY_BODY;
 
-/// A request whose body can be read ahead: a `Content-Length` of at most
-/// [`MAX_SMALL_BODY`].
-pub fn has_small_body(req: &RequestHeader) -> bool {
+/// A request whose body can be read ahead: a `Content-Length` of at most `max`.
+pub fn has_small_body(req: &RequestHeader, max: usize) -> bool {
     matches!(
         tollgate_plugins::req::content_length(req),
-        Some(Ok(n)) if n > 0 && n <= MAX_SMALL_BODY as u64
+        Some(Ok(n)) if n > 0 && n <= max as u64
     )
+}
+
+/// A request with a body that cannot be read ahead within `max` (longer, or chunked).
+pub fn has_large_body(req: &RequestHeader, max: usize) -> bool {
+    match tollgate_plugins::req::content_length(req) {
+        Some(Ok(n)) => n > max as u64,
+        Some(Err(())) => false,
+        None => req.headers.contains_key(http::header::TRANSFER_ENCODING),
+    }
 }
 
 /// Why a body could not be read whole.

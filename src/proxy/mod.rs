@@ -37,7 +37,9 @@ use crate::upstream::HashOn;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use attempt::{Attempt, BreakerTicket};
-use body::{has_small_body, read_body, read_small_body, sha256, too_slow, BodyError};
+use body::{
+    has_large_body, has_small_body, read_body, read_small_body, sha256, too_slow, BodyError,
+};
 pub use ctx::Ctx;
 use error::GatewayError;
 use forwarding::{real_client_ip, BadForwardedFor, REQUEST_ID, REQUEST_ID_NAME};
@@ -155,9 +157,20 @@ impl ProxyHttp for Gateway {
                     .await
             }
             Match::MethodNotAllowed(methods) => {
-                return self
-                    .answer_error(session, ctx, GatewayError::MethodNotAllowed(methods))
-                    .await
+                // A CORS preflight is the cors plugin's to answer, whatever `methods` says.
+                let preflight = is_preflight(req)
+                    .then(|| ctx.snap.router.find_any_method(request_host(req), req))
+                    .flatten()
+                    .map(|i| ctx.snap.router.entry(i))
+                    .filter(|e| ctx.snap.routes[e.route].cors);
+                match preflight {
+                    Some(e) => e,
+                    None => {
+                        return self
+                            .answer_error(session, ctx, GatewayError::MethodNotAllowed(methods))
+                            .await
+                    }
+                }
             }
         };
         let route = ctx.snap.routes[entry.route].clone();
@@ -215,7 +228,18 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(split) = &route.split {
-            let body = if split.needs_body && has_small_body(session.req_header()) {
+            let max = route.split_body_max_bytes;
+            if split.needs_body && has_large_body(session.req_header(), max) {
+                METRICS
+                    .split_body_too_large
+                    .with_label_values(&[&*route.name])
+                    .inc();
+                log::warn!(
+                    "route {}: request body over split_body_max_bytes ({max}) or chunked: default target",
+                    route.name
+                );
+            }
+            let body = if split.needs_body && has_small_body(session.req_header(), max) {
                 let bytes = match ctx.body.clone() {
                     Some(b) => b,
                     None => read_small_body(session).await?,
@@ -739,6 +763,15 @@ impl Gateway {
         ctx.failure = Some(error);
         e
     }
+}
+
+/// `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(http::header::ORIGIN)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn session_idempotent(session: &Session) -> bool {

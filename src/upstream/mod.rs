@@ -475,8 +475,8 @@ fn health_check(
 }
 
 /// Scramble a counter (splitmix64) so consecutive values spread evenly: used to choose among
-/// backends or weighted targets without a lock or a random source.
-pub(crate) fn spread(n: u64) -> u64 {
+/// backends without a lock or a random source.
+fn spread(n: u64) -> u64 {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -485,7 +485,7 @@ pub(crate) fn spread(n: u64) -> u64 {
 
 /// Backend indexes in smooth weighted round-robin order (nginx's algorithm): each backend
 /// appears `weight / gcd` times, spread out rather than in runs.
-fn smooth_wheel(weights: &[usize]) -> Vec<u32> {
+pub(crate) fn smooth_wheel(weights: &[usize]) -> Vec<u32> {
     fn gcd(a: usize, b: usize) -> usize {
         if b == 0 {
             a

@@ -4,7 +4,7 @@
 
 use super::storage::{CacheScope, CacheStore, KeyOrigin, Origin};
 use crate::build_ctx::BuildCtx;
-use crate::config_error::{parse_config, ConfigError};
+use crate::config_error::{parse_config_all, ConfigError};
 use crate::context::RequestCtx;
 use http::{header, HeaderName, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -113,7 +113,7 @@ pub struct CachePolicy {
 impl CachePolicy {
     /// Compile the `cache` plugin's table for the scope `ctx` names.
     pub fn from_config(value: &toml::Value, ctx: &BuildCtx) -> Result<Self, Vec<ConfigError>> {
-        let cfg: CacheConfig = parse_config(value).map_err(|e| vec![e])?;
+        let cfg: CacheConfig = parse_config_all(value)?;
         let mut errors = Vec::new();
         for (i, s) in cfg.statuses.iter().enumerate() {
             if StatusCode::from_u16(*s).is_err() {

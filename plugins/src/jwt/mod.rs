@@ -17,7 +17,7 @@ use crate::consumer::jwt_key::JwtKey;
 use crate::consumer::{Consumer, Consumers};
 use crate::req::{cookies, query_values, strip_query_param};
 use crate::{
-    parse_config, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
+    parse_config_all, Answer, Auth, BuildCtx, ConfigError, Identity, Phase, Plugin, RequestCtx,
 };
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
@@ -133,7 +133,7 @@ pub struct Jwt {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: JwtConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: JwtConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     if !cfg.header && cfg.cookie.is_none() && cfg.query_param.is_none() {
         errors.push(ConfigError::new(

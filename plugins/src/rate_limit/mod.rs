@@ -7,7 +7,7 @@ mod window;
 
 use crate::limit_key::{LimitBySpec, LimitKey};
 use crate::metrics::METRICS;
-use crate::{parse_config, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
+use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
 use local::LocalCounters;
@@ -116,7 +116,7 @@ pub struct RateLimit {
 
 /// Constructor for the registry.
 pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-    let cfg: RateLimitConfig = parse_config(value).map_err(|e| vec![e])?;
+    let cfg: RateLimitConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let key = LimitKey::compile(&cfg.limit_by, "limit_by").map_err(|e| vec![e])?;
     let mut windows = Vec::new();
