@@ -28,6 +28,10 @@ pub struct Reloader {
     lifecycle: Arc<Lifecycle>,
     /// The settings the process was started with; a reload cannot change them.
     started_with: ProcessSettings,
+    /// `[server] watch_config`: reload when the file changes, not only on SIGHUP.
+    watch: bool,
+    /// The config file's content as last loaded (or tried).
+    loaded: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl Reloader {
@@ -39,16 +43,20 @@ impl Reloader {
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         let started_with = config.load().server.process.clone();
+        let watch = started_with.watch_config;
         Reloader {
             path: path.to_path_buf(),
             config,
             retained,
             lifecycle,
             started_with,
+            watch,
+            loaded: std::sync::Mutex::new(digest(path)),
         }
     }
 
     async fn reload(&self, why: &str) {
+        *tollgate_plugins::sync::lock(&self.loaded) = digest(&self.path);
         let path = self.path.clone();
         let retained = self.retained.clone();
         // Compiling resolves backend names and builds regexes: keep it off the async workers.
@@ -96,7 +104,12 @@ impl BackgroundService for Reloader {
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let _watcher = watch_file(&self.path, tx);
+        let _watcher = if self.watch {
+            watch_file(&self.path, tx)
+        } else {
+            drop(tx);
+            None
+        };
         self.lifecycle.set_reload_armed();
         loop {
             tokio::select! {
@@ -107,40 +120,55 @@ impl BackgroundService for Reloader {
                 Some(()) = rx.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    self.reload("file changed").await;
+                    let now = digest(&self.path);
+                    let changed = now.is_some() && now != *tollgate_plugins::sync::lock(&self.loaded);
+                    if changed {
+                        self.reload("file changed").await;
+                    }
                 }
             }
         }
     }
 }
 
-/// Watch the config file's directory (editors often replace the file) and signal on changes
-/// to the file itself.
+/// Watch what can change the config at `path`: its directory (editors replace files, and a
+/// Kubernetes ConfigMap swaps the `..data` symlink there) and, when `path` is a symlink, the
+/// directory of the file it points to. Any event there is signalled; the reloader then
+/// decides by the file's content whether anything changed, so the events need no
+/// filtering and a swapped symlink is seen like an edited file.
 fn watch_file(
     path: &Path,
     tx: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = abs.parent()?.to_path_buf();
-    let name = abs.file_name()?.to_os_string();
+    use notify::{RecursiveMode, Watcher};
+    let given = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut dirs: Vec<PathBuf> = given.parent().map(Path::to_path_buf).into_iter().collect();
+    if let Some(target_dir) = std::fs::canonicalize(&given)
+        .ok()
+        .and_then(|t| t.parent().map(Path::to_path_buf))
+    {
+        if !dirs.contains(&target_dir) {
+            dirs.push(target_dir);
+        }
+    }
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            let relevant = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()));
-            if relevant {
-                let _ = tx.send(());
-            }
+        if res.is_ok() {
+            let _ = tx.send(());
         }
     })
     .map_err(|e| log::warn!("config file watching disabled: {e}"))
     .ok()?;
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        log::warn!("config file watching disabled: {e}");
-        return None;
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            log::warn!("config file watching of {} disabled: {e}", dir.display());
+        }
     }
     Some(watcher)
+}
+
+/// A digest of the config file's bytes (through symlinks), to tell a real change from an
+/// unrelated event in a watched directory.
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }

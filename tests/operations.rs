@@ -468,6 +468,11 @@ paths = ["=/new"]
 plugins = [{ name = "mock", body = "new route" }]
 "#;
 
+/// A config body that reloads on SIGHUP only (the file is not watched).
+fn sighup_only(body: &str) -> String {
+    format!("watch_config = false\n{body}")
+}
+
 fn reloads(gw: &Gateway, result: &str) -> f64 {
     gw.metric("tollgate_config_reloads_total", &[("result", result)])
         .unwrap_or(-1.0)
@@ -479,8 +484,10 @@ fn sighup_reload_keeps_in_flight_requests_on_the_old_config() {
     let two = Upstream::start("two");
     let subs = [("ONE", one.address()), ("TWO", two.address())];
     let subs: Vec<(&str, &str)> = subs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Symlinked: swapping the link does not touch the watched file, so only SIGHUP reloads.
-    let gw = Gateway::builder(&fill(V1, &subs)).symlinked().start();
+    // SIGHUP only (watch_config = false): a swapped symlink is seen only when signalled.
+    let gw = Gateway::builder(&sighup_only(&fill(V1, &subs)))
+        .symlinked()
+        .start();
     assert_eq!(gw.get("/echo").upstream_id(), "one");
     assert_eq!(gw.get("/new").upstream_id(), "one");
     assert_eq!(reloads(&gw, "success"), 0.0);
@@ -496,7 +503,7 @@ fn sighup_reload_keeps_in_flight_requests_on_the_old_config() {
         "the slow request never reached upstream one"
     );
 
-    gw.swap_config(&fill(V2, &subs));
+    gw.swap_config(&sighup_only(&fill(V2, &subs)));
     gw.reload();
     let switched = wait_until(Duration::from_secs(3), || {
         gw.get("/echo").upstream_id() == "two"
@@ -578,7 +585,9 @@ fn broken_reload_keeps_the_old_config() {
     let two = Upstream::start("two");
     let subs = [("ONE", one.address()), ("TWO", two.address())];
     let subs: Vec<(&str, &str)> = subs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gw = Gateway::builder(&fill(V1, &subs)).symlinked().start();
+    let gw = Gateway::builder(&sighup_only(&fill(V1, &subs)))
+        .symlinked()
+        .start();
     assert_eq!(gw.get("/echo").upstream_id(), "one");
 
     // A config error (unknown upstream).
@@ -631,7 +640,7 @@ fn broken_reload_keeps_the_old_config() {
     assert_eq!(reloads(&gw, "success"), 0.0);
 
     // Fixed: the next reload succeeds.
-    gw.swap_config(&fill(V2, &subs));
+    gw.swap_config(&sighup_only(&fill(V2, &subs)));
     gw.reload();
     assert!(wait_until(Duration::from_secs(3), || gw
         .get("/echo")

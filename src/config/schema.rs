@@ -87,6 +87,9 @@ pub struct ServerSection {
     /// How request paths are made canonical before routing.
     #[serde(default)]
     pub path_normalization: PathNormalizationSection,
+    /// Reload when the config file changes (through symlinks), not only on SIGHUP.
+    #[serde(default = "default_true")]
+    pub watch_config: bool,
 }
 
 /// `[server.path_normalization]`: how a request path is made canonical before routing.
@@ -206,6 +209,8 @@ pub struct ProcessSettings {
     pub max_connections_per_ip: usize,
     /// `admin_token`.
     pub admin_token: String,
+    /// `watch_config`.
+    pub watch_config: bool,
 }
 
 /// The `[server]` keys every reload applies.
@@ -254,6 +259,7 @@ impl From<ServerSection> for ServerConfig {
             max_connections_per_ip,
             admin_token,
             path_normalization,
+            watch_config,
         } = s;
         ServerConfig {
             process: ProcessSettings {
@@ -274,6 +280,7 @@ impl From<ServerSection> for ServerConfig {
                 max_connections,
                 max_connections_per_ip,
                 admin_token,
+                watch_config,
             },
             live: LiveSettings {
                 log_level,
@@ -351,6 +358,7 @@ impl Default for ServerSection {
             max_connections_per_ip: default_max_connections_per_ip(),
             admin_token: String::new(),
             path_normalization: PathNormalizationSection::default(),
+            watch_config: true,
         }
     }
 }
