@@ -44,6 +44,7 @@ impl Reloader {
     ) -> Self {
         let started_with = config.load().server.process.clone();
         let watch = started_with.watch_config;
+        let loaded = digest(path, &config.load().watched_files);
         Reloader {
             path: path.to_path_buf(),
             config,
@@ -51,12 +52,13 @@ impl Reloader {
             lifecycle,
             started_with,
             watch,
-            loaded: std::sync::Mutex::new(digest(path)),
+            loaded: std::sync::Mutex::new(loaded),
         }
     }
 
     async fn reload(&self, why: &str) {
-        *tollgate_plugins::sync::lock(&self.loaded) = digest(&self.path);
+        let files = self.config.load().watched_files.clone();
+        *tollgate_plugins::sync::lock(&self.loaded) = digest(&self.path, &files);
         let path = self.path.clone();
         let retained = self.retained.clone();
         // Compiling resolves backend names and builds regexes: keep it off the async workers.
@@ -104,12 +106,15 @@ impl BackgroundService for Reloader {
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let _watcher = if self.watch {
-            watch_file(&self.path, tx)
-        } else {
-            drop(tx);
-            None
+        let watch_set = |files: &[PathBuf]| {
+            if self.watch {
+                watch_file(&self.path, files, tx.clone())
+            } else {
+                None
+            }
         };
+        let mut watched = self.config.load().watched_files.clone();
+        let mut _watcher = watch_set(&watched);
         self.lifecycle.set_reload_armed();
         loop {
             tokio::select! {
@@ -120,35 +125,45 @@ impl BackgroundService for Reloader {
                 Some(()) = rx.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    let now = digest(&self.path);
+                    let now = digest(&self.path, &self.config.load().watched_files);
                     let changed = now.is_some() && now != *tollgate_plugins::sync::lock(&self.loaded);
                     if changed {
                         self.reload("file changed").await;
                     }
                 }
             }
+            // Certificate files may have moved with the config: watch where they are now.
+            let files = self.config.load().watched_files.clone();
+            if files != watched {
+                _watcher = watch_set(&files);
+                watched = files;
+            }
         }
     }
 }
 
 /// Watch what can change the config at `path`: its directory (editors replace files, and a
-/// Kubernetes ConfigMap swaps the `..data` symlink there) and, when `path` is a symlink, the
-/// directory of the file it points to. Any event there is signalled; the reloader then
+/// Kubernetes ConfigMap swaps the `..data` symlink there), the directory of the file it
+/// points to when it is a symlink, and the same for `files` (certificates). Any event there is signalled; the reloader then
 /// decides by the file's content whether anything changed, so the events need no
 /// filtering and a swapped symlink is seen like an edited file.
 fn watch_file(
     path: &Path,
+    files: &[PathBuf],
     tx: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let given = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut dirs: Vec<PathBuf> = given.parent().map(Path::to_path_buf).into_iter().collect();
-    if let Some(target_dir) = std::fs::canonicalize(&given)
-        .ok()
-        .and_then(|t| t.parent().map(Path::to_path_buf))
-    {
-        if !dirs.contains(&target_dir) {
-            dirs.push(target_dir);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in std::iter::once(path).chain(files.iter().map(PathBuf::as_path)) {
+        let given = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let resolved = std::fs::canonicalize(&given).ok();
+        for dir in [given.parent(), resolved.as_deref().and_then(Path::parent)]
+            .into_iter()
+            .flatten()
+        {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
         }
     }
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -166,9 +181,18 @@ fn watch_file(
     Some(watcher)
 }
 
-/// A digest of the config file's bytes (through symlinks), to tell a real change from an
-/// unrelated event in a watched directory.
-fn digest(path: &Path) -> Option<[u8; 32]> {
+/// A digest of the config file's bytes and of the other files it names (certificates),
+/// through symlinks, to tell a real change from an unrelated event in a watched directory.
+fn digest(path: &Path, files: &[PathBuf]) -> Option<[u8; 32]> {
     use sha2::{Digest, Sha256};
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+    let mut h = Sha256::new();
+    h.update(std::fs::read(path).ok()?);
+    for f in files {
+        // A file that cannot be read is part of the state too (a reload will say why).
+        match std::fs::read(f) {
+            Ok(b) => h.update(Sha256::digest(&b)),
+            Err(_) => h.update([0u8; 32]),
+        }
+    }
+    Some(h.finalize().into())
 }

@@ -3,6 +3,7 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
+use crate::certs::SniResolver;
 use crate::config;
 use crate::connection::GuardedApp;
 use crate::lifecycle::Lifecycle;
@@ -139,6 +140,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     for t in &process.tls {
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)
             .map_err(|e| RunError::Bind(format!("TLS listener {}: {e}", t.listen)))?;
+        // Certificates come from the running config at each handshake (SNI, reloads).
+        settings.set_cert_resolver(Arc::new(SniResolver::new(config.clone(), &t.listen)));
         if t.http2 {
             settings.enable_h2();
         }

@@ -99,6 +99,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// `[server] trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Certificates of the HTTPS listeners, by listen address.
+    pub certs: std::collections::HashMap<String, crate::certs::CertSet>,
+    /// Files besides the config whose change means a reload (certificates and keys).
+    pub watched_files: Vec<std::path::PathBuf>,
 }
 
 /// Apply `rewrite` to `path` matched by `matcher`; `None` means unchanged.

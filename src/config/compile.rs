@@ -127,10 +127,24 @@ pub fn compile(
             Router::default()
         }
     };
+    let mut certs = HashMap::new();
+    let mut watched_files = Vec::new();
+    for (i, t) in server.tls.iter().enumerate() {
+        if let Some(set) = crate::certs::CertSet::load(t, &format!("server.tls[{i}]"), &mut errors)
+        {
+            certs.insert(t.listen.clone(), set);
+        }
+        for f in std::iter::once((&t.cert, &t.key)).chain(t.sni.iter().map(|s| (&s.cert, &s.key))) {
+            watched_files.push(std::path::PathBuf::from(f.0));
+            watched_files.push(std::path::PathBuf::from(f.1));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Snapshot {
+        certs,
+        watched_files,
         trusted_proxies: parse_nets(
             &server.trusted_proxies,
             "server.trusted_proxies",

@@ -308,6 +308,21 @@ pub struct TlsListenerSection {
     /// Offer HTTP/2 by ALPN.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// More certificates, chosen by the handshake's SNI; `cert`/`key` are the default.
+    #[serde(default)]
+    pub sni: Vec<SniCertSection>,
+}
+
+/// `[[server.tls.sni]]`: a certificate for some host names.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertSection {
+    /// `api.example.com` or `*.example.com`.
+    pub hosts: Vec<String>,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
 }
 
 /// `[server.access_log]`: one JSON line per request.
