@@ -45,3 +45,13 @@ pub use raw_upstream::*;
 pub use upstream::*;
 pub use util::*;
 pub use wire::*;
+
+// Harness of tests/edges.rs.
+mod edge_dns;
+mod edge_origin;
+mod edge_proc;
+mod edge_tls;
+pub use edge_dns::*;
+pub use edge_origin::*;
+pub use edge_proc::*;
+pub use edge_tls::*;
