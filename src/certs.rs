@@ -1,13 +1,11 @@
 //! TLS certificates of the HTTPS listeners: one default per listener and more chosen by SNI
 //! (`[[server.tls.sni]]`), loaded with the config so a reload (SIGHUP, or a change of the
 //! config or of a certificate file) swaps them without dropping a connection. The listeners
-//! hold a [`SniResolver`] that reads the running snapshot's certificates at each handshake.
+//! pick from them at each handshake (`crate::sni`).
 
 use crate::config::schema::TlsListenerSection;
-use crate::snapshot::Snapshot;
-use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora::tls::CryptoProvider;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_plugins::ConfigError;
@@ -122,38 +120,5 @@ fn load_pair(
             ));
             None
         }
-    }
-}
-
-/// The certificate resolver of one HTTPS listener: the running config's set for its
-/// address, read at each handshake.
-pub struct SniResolver {
-    config: Arc<ArcSwap<Snapshot>>,
-    listen: String,
-}
-
-impl SniResolver {
-    /// The resolver of the listener on `listen`.
-    pub fn new(config: Arc<ArcSwap<Snapshot>>, listen: &str) -> Self {
-        SniResolver {
-            config,
-            listen: listen.to_string(),
-        }
-    }
-}
-
-impl std::fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SniResolver")
-            .field("listen", &self.listen)
-            .finish()
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snap = self.config.load();
-        let set = snap.certs.get(&self.listen)?;
-        Some(set.choose(hello.server_name()))
     }
 }

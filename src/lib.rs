@@ -20,6 +20,7 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod sni;
 pub mod split;
 pub mod target;
 pub mod upstream;

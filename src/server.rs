@@ -3,7 +3,6 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::certs::SniResolver;
 use crate::config;
 use crate::connection::GuardedApp;
 use crate::lifecycle::Lifecycle;
@@ -12,6 +11,7 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::retained::Retained;
 use crate::shutdown::DrainingShutdown;
+use crate::sni::SniResolver;
 use crate::upstream::health::HealthChecker;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
