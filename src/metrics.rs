@@ -51,6 +51,9 @@ pub struct Metrics {
     /// `tollgate_upstream_retries_total{upstream,cause}`: retries decided, by cause
     /// (`connect`, `reused_connection`, `status`, `timeout`).
     pub upstream_retries: IntCounterVec,
+    /// `tollgate_upstream_dns_resolutions_total{upstream,result}`: background resolutions of
+    /// backend names (`changed`, `unchanged`, `failed`).
+    pub dns_resolutions: IntCounterVec,
     /// `tollgate_split_body_too_large_total{route}`: bodies a split could not read.
     pub split_body_too_large: IntCounterVec,
     /// `tollgate_log_lines_suppressed_total{target}`: log lines left out by the per-call-site
@@ -173,6 +176,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream", "cause"],
     )?;
+    let dns_resolutions = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_dns_resolutions_total",
+            "Background resolutions of backend host names, by upstream and result",
+        ),
+        &["upstream", "result"],
+    )?;
     let split_body_too_large = IntCounterVec::new(
         Opts::new(
             "tollgate_split_body_too_large_total",
@@ -212,6 +222,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(log_lines_suppressed.clone()))?;
     registry.register(Box::new(upstream_retries.clone()))?;
     registry.register(Box::new(split_body_too_large.clone()))?;
+    registry.register(Box::new(dns_resolutions.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -241,6 +252,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         log_lines_suppressed,
         upstream_retries,
         split_body_too_large,
+        dns_resolutions,
     })
 }
 

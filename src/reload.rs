@@ -19,6 +19,8 @@ use std::time::Duration;
 /// How long a burst of file events (editors write in several steps) must be quiet before
 /// the reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often pools are checked for a due DNS resolution.
+const DNS_TICK: Duration = Duration::from_secs(1);
 
 /// The background service that reloads the config.
 pub struct Reloader {
@@ -94,6 +96,86 @@ impl Reloader {
     }
 }
 
+impl Reloader {
+    /// Resolve the backend names of the pools that are due again; when an answer changed,
+    /// compile the running config's text again (the changed pools are rebuilt, the others
+    /// kept) and swap it in.
+    async fn refresh_dns(&self, due: &mut std::collections::HashMap<String, std::time::Instant>) {
+        let snap = self.config.load_full();
+        let now = std::time::Instant::now();
+        let pools: Vec<_> = snap
+            .upstreams
+            .iter()
+            .filter(|p| !p.names.is_empty())
+            .filter_map(|p| {
+                let every = p.resolve_interval?;
+                let next = due.entry(p.name.to_string()).or_insert(now + every);
+                if *next > now {
+                    return None;
+                }
+                *next = now + every;
+                Some((p.name.clone(), p.names.clone()))
+            })
+            .collect();
+        if pools.is_empty() {
+            return;
+        }
+        let retained = self.retained.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            let mut changed = Vec::new();
+            for (pool, names) in pools {
+                let mut any = false;
+                for (host, port) in &names {
+                    let result = match retained.dns.refresh(host, *port) {
+                        Ok(true) => {
+                            any = true;
+                            "changed"
+                        }
+                        Ok(false) => "unchanged",
+                        Err(e) => {
+                            log::warn!("upstream {pool}: {e}; keeping the last good addresses");
+                            "failed"
+                        }
+                    };
+                    METRICS
+                        .dns_resolutions
+                        .with_label_values(&[&*pool, result])
+                        .inc();
+                }
+                if any {
+                    changed.push(pool);
+                }
+            }
+            changed
+        })
+        .await
+        .unwrap_or_default();
+        if changed.is_empty() {
+            return;
+        }
+        let Some(source) = snap.source.clone() else {
+            return;
+        };
+        let retained = self.retained.clone();
+        let result =
+            tokio::task::spawn_blocking(move || config::load_str(&source.0, &source.1, &retained))
+                .await;
+        match result {
+            Ok(Ok(new)) => {
+                let new = Arc::new(new);
+                self.config.store(new.clone());
+                self.retained.settle(&new);
+                log::info!(
+                    "backends of {} re-resolved: new addresses",
+                    changed.join(", ")
+                );
+            }
+            Ok(Err(e)) => log::warn!("DNS change not applied: {e}"),
+            Err(e) => log::warn!("DNS change not applied: {e}"),
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -116,9 +198,12 @@ impl BackgroundService for Reloader {
         let mut watched = self.config.load().watched_files.clone();
         let mut _watcher = watch_set(&watched);
         self.lifecycle.set_reload_armed();
+        let mut dns_due = std::collections::HashMap::new();
+        let mut dns_tick = tokio::time::interval(DNS_TICK);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = dns_tick.tick() => self.refresh_dns(&mut dns_due).await,
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     self.reload("SIGHUP").await;
                 }

@@ -17,6 +17,8 @@ pub struct Retained {
     pub upstreams: UpstreamCache,
     /// State plugins keep across reloads.
     pub plugins: Arc<SharedState>,
+    /// The last good DNS answer for every backend host name.
+    pub dns: crate::upstream::dns::DnsCache,
 }
 
 impl Retained {

@@ -53,6 +53,18 @@ pub fn compile(
         None => ServerSection::default(),
     };
 
+    let mut resolvers = Vec::new();
+    for (i, r) in server.resolvers.iter().enumerate() {
+        match r.parse::<SocketAddr>() {
+            Ok(a) => resolvers.push(a),
+            Err(_) => errors.push(ConfigError::new(
+                format!("server.resolvers[{i}]"),
+                format!("{r:?} is not an \"ip:port\" address"),
+            )),
+        }
+    }
+    retained.dns.set_servers(resolvers);
+
     let upstream_sections: Vec<(usize, UpstreamSection)> =
         parse_array(table.get("upstreams"), "upstreams", &mut errors);
     let mut upstreams: HashMap<String, Arc<UpstreamPool>> = HashMap::new();
@@ -66,7 +78,7 @@ pub fn compile(
             ));
             continue;
         }
-        match retained.upstreams.get_or_build(sec) {
+        match retained.upstreams.get_or_build(sec, &retained.dns) {
             Ok(pool) => {
                 upstreams.insert(sec.name.clone(), pool.clone());
                 upstream_list.push(pool);
@@ -145,6 +157,7 @@ pub fn compile(
     Ok(Snapshot {
         certs,
         watched_files,
+        source: None,
         trusted_proxies: parse_nets(
             &server.trusted_proxies,
             "server.trusted_proxies",

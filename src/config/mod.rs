@@ -89,5 +89,7 @@ pub fn load_str(text: &str, file: &str, retained: &Retained) -> Result<Snapshot,
     if !errors.is_empty() {
         return Err(fail(errors));
     }
-    compile::compile(&root, &Registry::builtin(), retained).map_err(fail)
+    let mut snap = compile::compile(&root, &Registry::builtin(), retained).map_err(fail)?;
+    snap.source = Some(std::sync::Arc::new((text.to_string(), file.to_string())));
+    Ok(snap)
 }

@@ -90,6 +90,9 @@ pub struct ServerSection {
     /// Reload when the config file changes (through symlinks), not only on SIGHUP.
     #[serde(default = "default_true")]
     pub watch_config: bool,
+    /// DNS servers (`ip:port`) asked for backend host names; empty: the system resolver.
+    #[serde(default)]
+    pub resolvers: Vec<String>,
 }
 
 /// `[server.path_normalization]`: how a request path is made canonical before routing.
@@ -230,6 +233,8 @@ pub struct LiveSettings {
     pub header_timeout_ms: u64,
     /// `path_normalization`.
     pub path_normalization: PathNormalizationSection,
+    /// `resolvers`, as written.
+    pub resolvers: Vec<String>,
 }
 
 impl From<ServerSection> for ServerConfig {
@@ -260,6 +265,7 @@ impl From<ServerSection> for ServerConfig {
             admin_token,
             path_normalization,
             watch_config,
+            resolvers,
         } = s;
         ServerConfig {
             process: ProcessSettings {
@@ -290,6 +296,7 @@ impl From<ServerSection> for ServerConfig {
                 cache_max_bytes,
                 header_timeout_ms,
                 path_normalization,
+                resolvers,
             },
         }
     }
@@ -374,6 +381,7 @@ impl Default for ServerSection {
             admin_token: String::new(),
             path_normalization: PathNormalizationSection::default(),
             watch_config: true,
+            resolvers: Vec::new(),
         }
     }
 }
@@ -467,6 +475,9 @@ pub struct UpstreamSection {
     /// Circuit breaker for the whole upstream.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerSection>,
+    /// How often backends given by host name are resolved again (0 = only at load).
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval_seconds: u64,
 }
 
 /// `[upstreams.passive_health]`: eject a backend after consecutive failures (connect
@@ -743,6 +754,9 @@ fn default_body_max() -> usize {
 }
 fn default_body_read_timeout() -> u64 {
     60_000
+}
+fn default_resolve_interval() -> u64 {
+    30
 }
 fn default_header_timeout() -> u64 {
     10_000

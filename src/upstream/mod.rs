@@ -1,6 +1,7 @@
 //! Upstream pools: backends, load balancing, peers, and the cache that lets a pool (and its
 //! health state) survive a config reload when its definition did not change.
 
+pub mod dns;
 pub mod health;
 pub mod outlier;
 
@@ -15,7 +16,6 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,6 +104,12 @@ pub struct UpstreamPool {
     /// Milliseconds since process start of the last health check run.
     last_check_ms: AtomicU64,
     definition: UpstreamSection,
+    /// `(host, port)` of the backends given by name, re-resolved in the background.
+    pub names: Vec<(String, u16)>,
+    /// The addresses each backend spec resolved to when the pool was built.
+    resolution: Vec<Vec<std::net::SocketAddr>>,
+    /// How often `names` are resolved again.
+    pub resolve_interval: Option<Duration>,
     /// Live counters per backend, in the order of `backends`.
     pub states: Vec<outlier::BackendState>,
     passive: Option<outlier::PassiveHealth>,
@@ -119,7 +125,10 @@ pub struct UpstreamPool {
 
 impl UpstreamPool {
     /// Build a pool from its section; errors are relative to the section.
-    pub fn build(sec: &UpstreamSection) -> Result<Self, Vec<ConfigError>> {
+    pub fn build(
+        sec: &UpstreamSection,
+        dns_cache: &dns::DnsCache,
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         if sec.backends.is_empty() {
             errors.push(ConfigError::new(
@@ -155,6 +164,8 @@ impl UpstreamPool {
         let mut set = BTreeSet::new();
         let mut labels = Vec::new();
         let mut slots = Vec::new();
+        let mut names = Vec::new();
+        let mut resolution = Vec::new();
         for (i, b) in sec.backends.iter().enumerate() {
             let (addr, weight) = match b {
                 BackendSpec::Addr(a) => (a.as_str(), 1),
@@ -167,57 +178,90 @@ impl UpstreamPool {
                 ));
                 continue;
             }
-            // Resolve names once, at load; the request path only sees socket addresses.
-            let resolved = match addr.to_socket_addrs() {
-                Ok(mut it) => it.next(),
-                Err(_) => None,
-            };
-            let Some(sa) = resolved else {
+            let Some((host, port)) = dns::split_host_port(addr) else {
                 errors.push(ConfigError::new(
                     format!("backends[{i}]"),
                     format!("{addr:?} is not an address (\"ip:port\" or \"host:port\")"),
                 ));
                 continue;
             };
-            let mut peer = HttpPeer::new(sa, sec.tls, sni.clone());
-            peer.options.connection_timeout = Some(Duration::from_millis(sec.connect_timeout_ms));
-            peer.options.read_timeout = Some(Duration::from_millis(sec.read_timeout_ms));
-            peer.options.write_timeout = Some(Duration::from_millis(sec.write_timeout_ms));
-            // 0: no timer; the pooled connection stays until the backend closes it or the
-            // bounded pool evicts it.
-            peer.options.idle_timeout =
-                (sec.idle_timeout_ms > 0).then(|| Duration::from_millis(sec.idle_timeout_ms));
-            peer.options.verify_cert = sec.verify_cert;
-            peer.options.verify_hostname = sec.verify_cert;
-            if sec.http2 {
-                // TLS negotiates by ALPN; plaintext needs prior knowledge (h2c).
-                peer.options.alpn = if sec.tls {
-                    pingora::protocols::ALPN::H2H1
-                } else {
-                    pingora::protocols::ALPN::H2
+            // A name stands for every address it resolves to; the request path only sees
+            // socket addresses, re-resolved in the background (`resolve_interval_seconds`).
+            let named = dns::is_name(host);
+            let addrs = match dns_cache.lookup(host, port) {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        format!("backends[{i}]"),
+                        format!("{addr:?}: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            if named {
+                names.push((host.to_string(), port));
+            }
+            resolution.push(addrs.clone());
+            for sa in addrs {
+                // Without `sni`/`host`, a named backend is verified against its own name.
+                let peer_sni = match (&sni, named) {
+                    (s, true) if s.is_empty() => host.to_string(),
+                    (s, _) => s.clone(),
                 };
-                peer.options.max_h2_streams = sec.max_h2_streams.max(1);
+                let mut peer = HttpPeer::new(sa, sec.tls, peer_sni);
+                peer.options.connection_timeout =
+                    Some(Duration::from_millis(sec.connect_timeout_ms));
+                peer.options.read_timeout = Some(Duration::from_millis(sec.read_timeout_ms));
+                peer.options.write_timeout = Some(Duration::from_millis(sec.write_timeout_ms));
+                // 0: no timer; the pooled connection stays until the backend closes it or
+                // the bounded pool evicts it.
+                peer.options.idle_timeout =
+                    (sec.idle_timeout_ms > 0).then(|| Duration::from_millis(sec.idle_timeout_ms));
+                peer.options.verify_cert = sec.verify_cert;
+                peer.options.verify_hostname = sec.verify_cert;
+                if sec.http2 {
+                    // TLS negotiates by ALPN; plaintext needs prior knowledge (h2c).
+                    peer.options.alpn = if sec.tls {
+                        pingora::protocols::ALPN::H2H1
+                    } else {
+                        pingora::protocols::ALPN::H2
+                    };
+                    peer.options.max_h2_streams = sec.max_h2_streams.max(1);
+                }
+                // A name is the virtual host the backend expects (as nginx's proxy_pass).
+                let host_text = if named {
+                    addr.to_string()
+                } else {
+                    sa.to_string()
+                };
+                let Ok(host_value) = HeaderValue::from_str(&host_text) else {
+                    continue;
+                };
+                let backend = Backend {
+                    addr: SocketAddr::Inet(sa),
+                    weight,
+                    ext: Default::default(),
+                };
+                if labels
+                    .iter()
+                    .any(|(_, b): &(String, Backend)| b.addr == backend.addr)
+                {
+                    // Two names may share an address: that is not a configuration mistake.
+                    if !named {
+                        errors.push(ConfigError::new(
+                            format!("backends[{i}]"),
+                            format!("{sa} is listed twice (give it a weight instead)"),
+                        ));
+                    }
+                    continue;
+                }
+                set.insert(backend.clone());
+                slots.push(Slot {
+                    peer,
+                    host: host_value,
+                });
+                labels.push((sa.to_string(), backend));
             }
-            let Ok(host_value) = HeaderValue::from_str(&sa.to_string()) else {
-                continue;
-            };
-            let backend = Backend {
-                addr: SocketAddr::Inet(sa),
-                weight,
-                ext: Default::default(),
-            };
-            if !set.insert(backend.clone()) {
-                errors.push(ConfigError::new(
-                    format!("backends[{i}]"),
-                    format!("{sa} is listed twice (give it a weight instead)"),
-                ));
-                continue;
-            }
-            slots.push(Slot {
-                peer,
-                host: host_value,
-            });
-            labels.push((sa.to_string(), backend));
         }
         if let Some(hc) = &sec.health_check {
             if hc.interval_ms == 0 || hc.timeout_ms == 0 {
@@ -280,6 +324,10 @@ impl UpstreamPool {
                 .map(|h| Duration::from_millis(h.interval_ms)),
             last_check_ms: AtomicU64::new(0),
             definition: sec.clone(),
+            names,
+            resolution,
+            resolve_interval: (sec.resolve_interval_seconds > 0)
+                .then(|| Duration::from_secs(sec.resolve_interval_seconds)),
             states: (0..backend_count)
                 .map(|_| outlier::BackendState::default())
                 .collect(),
@@ -292,6 +340,24 @@ impl UpstreamPool {
             rng: AtomicU64::new(0),
             duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
         })
+    }
+
+    /// Do `sec`'s backends resolve (from the cache) to the addresses this pool was built
+    /// with?
+    fn resolves_the_same(&self, sec: &UpstreamSection, dns_cache: &dns::DnsCache) -> bool {
+        let now: Vec<Vec<std::net::SocketAddr>> = sec
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let addr = match b {
+                    BackendSpec::Addr(a) => a.as_str(),
+                    BackendSpec::Weighted { addr, .. } => addr.as_str(),
+                };
+                let (host, port) = dns::split_host_port(addr)?;
+                dns_cache.lookup(host, port).ok()
+            })
+            .collect();
+        now == self.resolution
     }
 
     /// Pick a healthy, not ejected backend not in `exclude`, using `key` for consistent
@@ -532,13 +598,14 @@ impl UpstreamCache {
     pub fn get_or_build(
         &self,
         sec: &UpstreamSection,
+        dns_cache: &dns::DnsCache,
     ) -> Result<Arc<UpstreamPool>, Vec<ConfigError>> {
-        if let Some(p) = lock(&self.pools).get(&sec.name) {
-            if &p.definition == sec {
-                return Ok(p.clone());
+        if let Some(p) = lock(&self.pools).get(&sec.name).cloned() {
+            if &p.definition == sec && p.resolves_the_same(sec, dns_cache) {
+                return Ok(p);
             }
         }
-        UpstreamPool::build(sec).map(Arc::new)
+        UpstreamPool::build(sec, dns_cache).map(Arc::new)
     }
 
     /// Remember exactly these pools (those of the config that was just activated).
@@ -559,11 +626,18 @@ mod tests {
         toml::from_str(src).unwrap()
     }
 
+    fn no_dns() -> dns::DnsCache {
+        dns::DnsCache::default()
+    }
+
     #[test]
     fn weighted_round_robin_and_exclude() {
-        let p = UpstreamPool::build(&section(
-            "name = \"u\"\nbackends = [{ addr = \"127.0.0.1:1\", weight = 3 }, \"127.0.0.1:2\"]",
-        ))
+        let p = UpstreamPool::build(
+            &section(
+                "name = \"u\"\nbackends = [{ addr = \"127.0.0.1:1\", weight = 3 }, \"127.0.0.1:2\"]",
+            ),
+            &no_dns(),
+        )
         .ok()
         .unwrap();
         let mut counts = HashMap::new();
@@ -583,6 +657,30 @@ mod tests {
     }
 
     #[test]
+    fn a_named_backend_is_its_own_host_and_sni() {
+        // `localhost` resolves through /etc/hosts on every machine the tests run on.
+        let p = UpstreamPool::build(
+            &section("name = \"u\"\nbackends = [\"localhost:9\", \"127.0.0.1:10\"]"),
+            &no_dns(),
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(p.names, [("localhost".to_string(), 9)]);
+        let (named, literal): (Vec<_>, Vec<_>) = p
+            .slots
+            .iter()
+            .partition(|s| s.peer._address.as_inet().map(|a| a.port()) == Some(9));
+        assert!(!named.is_empty());
+        for s in named {
+            assert_eq!(s.host, "localhost:9");
+            assert_eq!(s.peer.sni, "localhost");
+        }
+        assert_eq!(literal.len(), 1);
+        assert_eq!(literal[0].host, "127.0.0.1:10");
+        assert_eq!(literal[0].peer.sni, "");
+    }
+
+    #[test]
     fn wheel_is_smooth_and_proportional() {
         assert_eq!(smooth_wheel(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_wheel(&[2, 4]), [1, 0, 1]);
@@ -593,9 +691,12 @@ mod tests {
 
     #[test]
     fn errors_are_relative() {
-        let errs = UpstreamPool::build(&section(
-            "name = \"u\"\nbackends = [\"nope\", { addr = \"127.0.0.1:1\", weight = 0 }, \"127.0.0.1:2\", \"127.0.0.1:2\"]\nalgorithm = \"consistent_hash\"\nhash_on = \"ip\"",
-        ))
+        let errs = UpstreamPool::build(
+            &section(
+                "name = \"u\"\nbackends = [\"nope\", { addr = \"127.0.0.1:1\", weight = 0 }, \"127.0.0.1:2\", \"127.0.0.1:2\"]\nalgorithm = \"consistent_hash\"\nhash_on = \"ip\"",
+            ),
+            &no_dns(),
+        )
         .err()
         .unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
@@ -613,12 +714,16 @@ mod tests {
     #[test]
     fn cache_reuses_identical_definitions() {
         let cache = UpstreamCache::default();
+        let dns = no_dns();
         let s = section("name = \"u\"\nbackends = [\"127.0.0.1:1\"]");
-        let a = cache.get_or_build(&s).ok().unwrap();
+        let a = cache.get_or_build(&s, &dns).ok().unwrap();
         cache.retain(std::slice::from_ref(&a));
-        let b = cache.get_or_build(&s).ok().unwrap();
+        let b = cache.get_or_build(&s, &dns).ok().unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let s2 = section("name = \"u\"\nbackends = [\"127.0.0.1:2\"]");
-        assert!(!Arc::ptr_eq(&a, &cache.get_or_build(&s2).ok().unwrap()));
+        assert!(!Arc::ptr_eq(
+            &a,
+            &cache.get_or_build(&s2, &dns).ok().unwrap()
+        ));
     }
 }
