@@ -216,3 +216,33 @@ print(f"WRK_RPS={rps.group(1) if rps else 0}")
 print(f"WRK_STATUS_200={statuses.get(200, 0)}")
 EOF
 }
+
+# ---- process memory and the kernel's TCP counters (bench/keyflood.sh, slowloris.sh, sigterm.sh)
+# rss_kib PID: resident memory of PID in KiB (VmRSS), empty when it is gone.
+rss_kib() {
+  awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true
+}
+mib() { # mib KIB: KiB as MiB with one decimal
+  awk -v k="${1:-0}" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
+# tcp_counters: "AttemptFails EstabResets" of this network namespace (/proc/net/snmp).
+# AttemptFails counts connection attempts that failed (e.g. refused: nothing listens);
+# EstabResets counts established connections reset (RST), the ones that can lose a request.
+tcp_counters() {
+  awk '/^Tcp: [0-9]/ {print $8, $9}' /proc/net/snmp
+}
+
+# own_netns "$@": re-run the script once in a fresh network namespace (its own loopback, so
+# the TCP counters above count this script's connections only; 127.0.0.1 still). Call it
+# right after bound_script. NETNS=0, or a system that does not allow it, keeps the shared one.
+own_netns() {
+  if [ -z "${_TOLLGATE_BENCH_NETNS:-}" ] && [ "${NETNS:-1}" = 1 ]; then
+    export _TOLLGATE_BENCH_NETNS=1
+    if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
+      exec unshare -n -- bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+    fi
+    echo "note: no network namespace of its own (unshare -n failed): TCP counters are the machine's" >&2
+  fi
+}
+in_own_netns() { [ "${_TOLLGATE_BENCH_NETNS:-}" = 1 ] && [ "${NETNS:-1}" = 1 ] && ! ip -o link 2>/dev/null | grep -qv ': lo:'; }

@@ -5,6 +5,10 @@
 --   WRK_COUNT_HEADER=x-name         also count responses by this header's value, for the
 --   WRK_HEADER_VALUES="one,two"     values listed (others count as "other"); printed as
 --                                   "x-name <value>: <count>"
+--   WRK_UNIQUE_HEADER=x-key         every request carries this header with a value of its own:
+--   WRK_UNIQUE_PREFIX=k1-           <prefix><thread>-<pad><n> (n = 1, 2, ... per thread;
+--   WRK_UNIQUE_PAD=0                pad: that many "x", to make long values); done() prints
+--                                   "unique x-key: <requests made> (thread 1 last <value>)"
 
 local paths = {}
 for p in string.gmatch(os.getenv("WRK_PATHS") or "", "[^,]+") do
@@ -18,12 +22,19 @@ end
 header_values[#header_values + 1] = "other"
 
 local request_ids = os.getenv("WRK_REQUEST_IDS") == "1"
-if #paths > 0 or request_ids then
+local unique_header = os.getenv("WRK_UNIQUE_HEADER") or ""
+local unique_prefix = (os.getenv("WRK_UNIQUE_PREFIX") or "") .. "%d-" .. string.rep("x", tonumber(os.getenv("WRK_UNIQUE_PAD") or "0"))
+unique_n = 0 -- a global, so done() can read it (thread:get)
+if #paths > 0 or request_ids or unique_header ~= "" then
   local i = 0
   request = function()
     i = i + 1
     if request_ids then
       wrk.headers["X-Request-Id"] = "w" .. (tid or 1) .. "-" .. i
+    end
+    if unique_header ~= "" then
+      unique_n = i
+      wrk.headers[unique_header] = string.format(unique_prefix, tid or 1) .. i
     end
     return wrk.format(nil, #paths > 0 and paths[(i % #paths) + 1] or nil)
   end
@@ -79,5 +90,10 @@ done = function(summary, latency, requests)
     for _, v in ipairs(header_values) do
       io.write(string.format("%s %s: %d\n", count_header, v, total("h_" .. v)))
     end
+  end
+  if unique_header ~= "" then
+    local n1 = threads[1] and threads[1]:get("unique_n") or 0
+    io.write(string.format("unique %s: %d (thread 1 last %s%d)\n", unique_header, total("unique_n"),
+      string.format(unique_prefix, 1), n1))
   end
 end
