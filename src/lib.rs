@@ -13,6 +13,7 @@ pub mod framing;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod origin_date;
 pub mod proxy;
 pub mod reload;
 pub mod retained;

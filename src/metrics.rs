@@ -33,7 +33,7 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     /// `tollgate_upstream_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
     pub circuit_state: IntGaugeVec,
-    /// `tollgate_cache_requests_total{route,status}`.
+    /// `tollgate_cache_requests_total{route,status,storage}`.
     pub cache_requests: IntCounterVec,
     /// `tollgate_cache_bytes`: bytes stored in the response cache.
     pub cache_bytes: prometheus::IntGauge,
@@ -139,9 +139,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let cache_requests = IntCounterVec::new(
         Opts::new(
             "tollgate_cache_requests_total",
-            "Requests on cached routes by cache status",
+            "Requests on cached routes by cache status and storage",
         ),
-        &["route", "status"],
+        &["route", "status", "storage"],
     )?;
     let cache_bytes =
         prometheus::IntGauge::new("tollgate_cache_bytes", "Bytes stored in the response cache")?;

@@ -119,10 +119,9 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
         }
     }
 
-    let mut http = pingora::proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(config.clone(), access_log, lifecycle.clone()),
-    );
+    let gateway = Gateway::new(config.clone(), access_log, lifecycle.clone());
+    let origin_date = gateway.origin_date();
+    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = process.h2c;
     // Pingora counts reuses, after the first request: N requests are N - 1 reuses.
@@ -132,7 +131,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     http.server_options = Some(options);
     let mut proxy = Service::new(
         "tollgate proxy".to_string(),
-        GuardedApp::new(http, config.clone(), lifecycle.clone()),
+        GuardedApp::new(http, config.clone(), lifecycle.clone()).with_origin_date(origin_date),
     );
     for addr in &process.listen {
         proxy.add_tcp(addr);

@@ -7,6 +7,7 @@
 //! while a head is incomplete.
 
 use super::head::{HeadTracker, Phase};
+use crate::origin_date::OriginDate;
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
@@ -95,6 +96,11 @@ pub struct GuardedStream {
     refusing: Refusing,
     refusal: Option<HeadRefusal>,
     on_refusal: OnRefusal,
+    /// Puts the origin's `Date` back into HTTP/1 response heads.
+    origin_date: Option<Arc<OriginDate>>,
+    /// A rewritten response head being written: bytes, how many went out, and the length
+    /// of the head as Pingora wrote it (what the write reports once all went out).
+    rewritten: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -114,6 +120,7 @@ impl GuardedStream {
         timeout: Duration,
         max_head: usize,
         on_refusal: OnRefusal,
+        origin_date: Option<Arc<OriginDate>>,
     ) -> Self {
         let http1 = !matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         GuardedStream {
@@ -128,6 +135,8 @@ impl GuardedStream {
             refusing: Refusing::No,
             refusal: None,
             on_refusal,
+            origin_date: origin_date.filter(|_| http1),
+            rewritten: None,
         }
     }
 
@@ -241,7 +250,34 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.rewritten.is_none() {
+            if let Some(head) = this.origin_date.as_ref().and_then(|d| d.rewrite_head(buf)) {
+                this.rewritten = Some((head, 0, buf.len()));
+            }
+        }
+        let Some((bytes, at, reported)) = &mut this.rewritten else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        // The caller retries the same buffer until it is reported written (write_all), so
+        // the rewritten head is finished before the write is acknowledged, whole.
+        while *at < bytes.len() {
+            match Pin::new(&mut this.inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(0)) => {
+                    this.rewritten = None;
+                    return Poll::Ready(Ok(0));
+                }
+                Poll::Ready(Ok(n)) => *at += n,
+                Poll::Ready(Err(e)) => {
+                    this.rewritten = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = *reported;
+        this.rewritten = None;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

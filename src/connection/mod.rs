@@ -10,6 +10,7 @@ pub mod limits;
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
+use crate::origin_date::OriginDate;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -36,6 +37,7 @@ pub struct GuardedApp<A> {
     limits: Arc<ConnectionLimits>,
     config: Arc<ArcSwap<Snapshot>>,
     on_refusal: OnRefusal,
+    origin_date: Option<Arc<OriginDate>>,
 }
 
 impl<A> GuardedApp<A> {
@@ -56,7 +58,15 @@ impl<A> GuardedApp<A> {
                     .inc();
                 log::warn!("request head refused: {}", why.label());
             }),
+            origin_date: None,
         }
+    }
+
+    /// Put the origin's `Date` back into the HTTP/1 response heads the proxy marked with
+    /// `origin_date` (see [`crate::origin_date`]).
+    pub fn with_origin_date(mut self, origin_date: Arc<OriginDate>) -> Self {
+        self.origin_date = Some(origin_date);
+        self
     }
 }
 
@@ -105,8 +115,14 @@ where
         };
         METRICS.downstream_connections.inc();
         self.lifecycle.connection_opened();
-        let guarded =
-            GuardedStream::new(stream, accepted, timeout, max_head, self.on_refusal.clone());
+        let guarded = GuardedStream::new(
+            stream,
+            accepted,
+            timeout,
+            max_head,
+            self.on_refusal.clone(),
+            self.origin_date.clone(),
+        );
         // The HTTP app serves every request of the connection before it returns.
         let _ = ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
         METRICS.downstream_connections.dec();

@@ -74,14 +74,16 @@ pub fn set_status(
     cache_use: Option<RequestUse>,
     stored: bool,
     policy: &CachePolicy,
+    route: &str,
 ) {
-    let (x, rfc) = match (cache_use, session.cache.phase()) {
+    let phase = session.cache.phase();
+    let (x, rfc) = match (cache_use, phase) {
         (Some(RequestUse::Invalidate), _) => {
             if resp.status.is_success() || resp.status.is_redirection() {
-                policy
-                    .store()
-                    .storage
-                    .purge_url(&policy.url_hash(session.req_header()));
+                let storage = &policy.store().storage;
+                for url in policy.invalidated_urls(session.req_header(), resp) {
+                    storage.purge_url(&url);
+                }
             }
             ("BYPASS", "tollgate; fwd=method")
         }
@@ -101,12 +103,35 @@ pub fn set_status(
         | (Some(RequestUse::Cache), CachePhase::Disabled(NoCacheReason::ResponseTooLarge)) => {
             ("BYPASS", "tollgate; fwd=uri-miss")
         }
+        // Looked up and missed, then the origin failed: the gateway's error answers it.
+        (
+            Some(RequestUse::Cache | RequestUse::CacheBody),
+            CachePhase::Disabled(NoCacheReason::UpstreamError),
+        ) => ("MISS", "tollgate; fwd=uri-miss"),
         _ => ("BYPASS", "tollgate; fwd=bypass"),
     };
+    if served_from_cache(phase) {
+        // RFC 9111 §4.2.3: the age it arrived with plus the time it has been stored.
+        if let Some(meta) = session.cache.maybe_cache_meta() {
+            let _ = resp.insert_header(header::AGE, meta.age().as_secs());
+        }
+    }
     let _ = resp.insert_header("x-cache-status", x);
     let _ = resp.insert_header("cache-status", rfc);
     METRICS
         .cache_requests
-        .with_label_values(&[policy.route(), &x.to_ascii_lowercase()])
+        .with_label_values(&[route, &x.to_ascii_lowercase(), policy.storage_name()])
         .inc();
+}
+
+/// Is the response body the stored one (fresh, stale, or revalidated by a 304)?
+fn served_from_cache(phase: CachePhase) -> bool {
+    matches!(
+        phase,
+        CachePhase::Hit
+            | CachePhase::Stale
+            | CachePhase::StaleUpdating
+            | CachePhase::Revalidated
+            | CachePhase::RevalidatedNoCache(_)
+    )
 }

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub(super) cache_use: Option<RequestUse>,
     /// The response was admitted to the cache.
     pub(super) cache_stored: bool,
+    /// The origin's 304 to a revalidation, merged into the stored head when it is updated.
+    pub(super) not_modified: Option<Box<pingora::http::ResponseHeader>>,
     /// A stale copy is served because the origin failed (the connection will not be reused).
     pub(super) stale_on_error: bool,
     /// SHA-256 of the request body, for routes whose cache key includes it.
@@ -80,6 +82,7 @@ impl Ctx {
             pending: None,
             cache_use: None,
             cache_stored: false,
+            not_modified: None,
             stale_on_error: false,
             body_hash: None,
             body: None,

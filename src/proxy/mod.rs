@@ -30,6 +30,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::framing;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{method_label, METRICS};
+use crate::origin_date::OriginDate;
 use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
 use crate::target;
@@ -53,7 +54,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tollgate_plugins::cache::RequestUse;
+use tollgate_plugins::cache::policy::merge_not_modified;
+use tollgate_plugins::cache::{Exchange, RequestUse};
 use tollgate_plugins::net::contains;
 use tollgate_plugins::req::content_length;
 use tollgate_plugins::{chain, Phase, RequestCtx, RequestId};
@@ -70,6 +72,7 @@ pub struct Gateway {
     access_log: Option<AccessLog>,
     lifecycle: Arc<Lifecycle>,
     no_route: Arc<str>,
+    origin_date: Arc<OriginDate>,
 }
 
 impl Gateway {
@@ -84,7 +87,14 @@ impl Gateway {
             access_log,
             lifecycle,
             no_route: Arc::from(""),
+            origin_date: Arc::new(OriginDate::new()),
         }
+    }
+
+    /// The marker this gateway puts the origin's `Date` in; give it to the listeners'
+    /// [`GuardedApp`](crate::connection::GuardedApp) so HTTP/1 clients get that `Date`.
+    pub fn origin_date(&self) -> Arc<OriginDate> {
+        self.origin_date.clone()
     }
 }
 
@@ -455,7 +465,13 @@ impl ProxyHttp for Gateway {
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
         match ctx.cache_policy() {
             Some(policy) => {
-                Ok(policy.cache_key(session.req_header(), &ctx.req, ctx.body_hash.as_ref()))
+                let target = ctx.upstream.as_ref().map_or("", |u| &*u.name);
+                Ok(policy.cache_key(
+                    session.req_header(),
+                    &ctx.req,
+                    target,
+                    ctx.body_hash.as_ref(),
+                ))
             }
             None => Error::e_explain(ErrorType::InternalError, "cache enabled without a policy"),
         }
@@ -481,14 +497,26 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
+        let not_modified = ctx.not_modified.take();
         let Some(policy) = ctx.cache_policy() else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        let authorization = session
-            .req_header()
-            .headers
-            .contains_key(http::header::AUTHORIZATION);
-        let decision = policy.response_cacheable(resp, authorization);
+        let exchange = Exchange {
+            authorization: session
+                .req_header()
+                .headers
+                .contains_key(http::header::AUTHORIZATION),
+            authenticated: ctx.req.identity.is_some(),
+            response_delay: ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed()),
+        };
+        // After a 304 Pingora hands over the stored head with a few fields updated; every
+        // field of the 304 counts (RFC 9111 §4.3.4).
+        let decision = match not_modified {
+            Some(not_modified) => {
+                policy.response_cacheable(&merge_not_modified(resp, &not_modified), &exchange)
+            }
+            None => policy.response_cacheable(resp, &exchange),
+        };
         ctx.cache_stored = decision.is_cacheable();
         Ok(decision)
     }
@@ -567,6 +595,9 @@ impl ProxyHttp for Gateway {
         // Before the cache may store it: hop-by-hop headers describe the upstream
         // connection, not the response (RFC 9110 §7.6.1).
         forwarding::strip_hop_by_hop(upstream_response);
+        if status == 304 && ctx.cache_policy().is_some() {
+            ctx.not_modified = Some(Box::new(upstream_response.clone()));
+        }
         if let Some(route) = &ctx.route {
             let p = &route.retry;
             if p.on_status.contains(&status)
@@ -610,9 +641,13 @@ impl ProxyHttp for Gateway {
                 ctx.cache_use,
                 ctx.cache_stored,
                 policy,
+                &ctx.req.route,
             );
         }
         self.finish_header(upstream_response, ctx);
+        if !session.is_http2() {
+            self.origin_date.mark(upstream_response);
+        }
         self.close_if_draining(session);
         if ctx.stale_on_error {
             session.set_keepalive(None);

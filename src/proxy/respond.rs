@@ -23,6 +23,17 @@ impl Gateway {
             resp.append_header(n, v)?;
         }
         resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        // Every response of a cached route says what the cache did, errors included.
+        if let Some(policy) = ctx.cache_policy() {
+            super::cache::set_status(
+                session,
+                &mut resp,
+                ctx.cache_use,
+                false,
+                policy,
+                &ctx.req.route,
+            );
+        }
         self.finish_header(&mut resp, ctx);
         self.close_if_draining(session);
         let head = session.req_header().method == http::Method::HEAD;

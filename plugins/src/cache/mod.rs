@@ -4,10 +4,11 @@
 //! process's [`CacheStore`](storage::CacheStore) ([`storage`]). The gateway calls both from
 //! its `ProxyHttp` cache hooks. See docs/config.md for the semantics.
 
+pub mod freshness;
 pub mod policy;
 pub mod storage;
 
-pub use policy::{CachePolicy, RequestUse, MAX_KEY_BODY};
+pub use policy::{CachePolicy, Exchange, RequestUse, MAX_KEY_BODY};
 
 use crate::{BuildCtx, ConfigError, Phase, Plugin};
 use async_trait::async_trait;

@@ -2,13 +2,13 @@
 //! the `cache` plugin's table. The gateway's cache phases call it; see docs/config.md for
 //! the semantics.
 
+use super::freshness::{self, Lifetime};
 use super::storage::{CacheScope, CacheStore, KeyOrigin, Origin};
 use crate::build_ctx::BuildCtx;
 use crate::config_error::{parse_config_all, ConfigError};
 use crate::context::RequestCtx;
 use http::{header, HeaderName, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
-use pingora::cache::filters::calculate_expires_header_time;
 use pingora::cache::key::{hash_key, HashBinary};
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -59,10 +59,19 @@ struct PurgeConfig {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct CacheConfig {
-    #[serde(default = "default_statuses")]
-    statuses: Vec<u16>,
+    /// `None`: the RFC's heuristically cacheable statuses, and any other final status with
+    /// explicit freshness.
+    #[serde(default)]
+    statuses: Option<Vec<u16>>,
     #[serde(default)]
     default_ttl_seconds: u64,
+    /// Kong-style: store every response with a listed status for this long.
+    #[serde(default)]
+    force_ttl_seconds: u64,
+    #[serde(default)]
+    heuristic: bool,
+    #[serde(default = "default_heuristic_max")]
+    heuristic_max_seconds: u64,
     #[serde(default = "default_max_object")]
     max_object_bytes: usize,
     #[serde(default)]
@@ -78,8 +87,11 @@ struct CacheConfig {
     shared: bool,
 }
 
-fn default_statuses() -> Vec<u16> {
-    vec![200, 203, 204, 300, 301, 308, 404, 410]
+/// Statuses cacheable by default (RFC 9110 §15.1), without 206: ranges are not stored.
+const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+fn default_heuristic_max() -> u64 {
+    86_400
 }
 fn default_max_object() -> usize {
     1024 * 1024
@@ -94,7 +106,11 @@ pub struct CachePolicy {
     scope: Arc<CacheScope>,
     route: String,
     statuses: Vec<u16>,
+    /// `statuses` was written: only those are stored, whatever the freshness.
+    statuses_strict: bool,
     default_ttl: Option<Duration>,
+    force_ttl: Option<Duration>,
+    heuristic_max: Option<Duration>,
     /// Largest body stored.
     pub max_object_bytes: usize,
     cache_set_cookie: bool,
@@ -115,11 +131,13 @@ impl CachePolicy {
     pub fn from_config(value: &toml::Value, ctx: &BuildCtx) -> Result<Self, Vec<ConfigError>> {
         let cfg: CacheConfig = parse_config_all(value)?;
         let mut errors = Vec::new();
-        for (i, s) in cfg.statuses.iter().enumerate() {
-            if StatusCode::from_u16(*s).is_err() {
+        let statuses_strict = cfg.statuses.is_some();
+        let statuses = cfg.statuses.unwrap_or_else(|| DEFAULT_STATUSES.to_vec());
+        for (i, s) in statuses.iter().enumerate() {
+            if !(200..=599).contains(s) {
                 errors.push(ConfigError::new(
                     format!("statuses[{i}]"),
-                    format!("{s} is not a status"),
+                    format!("{s} is not a final status (200 to 599)"),
                 ));
             }
         }
@@ -173,9 +191,15 @@ impl CachePolicy {
         Ok(CachePolicy {
             scope: CacheScope::of(&ctx.state, &route),
             route,
-            statuses: cfg.statuses,
+            statuses,
+            statuses_strict,
             default_ttl: (cfg.default_ttl_seconds > 0)
                 .then(|| Duration::from_secs(cfg.default_ttl_seconds)),
+            force_ttl: (cfg.force_ttl_seconds > 0)
+                .then(|| Duration::from_secs(cfg.force_ttl_seconds)),
+            heuristic_max: cfg
+                .heuristic
+                .then(|| Duration::from_secs(cfg.heuristic_max_seconds)),
             max_object_bytes: cfg.max_object_bytes,
             cache_set_cookie: cfg.cache_set_cookie,
             lock_timeout: Duration::from_millis(cfg.lock_timeout_ms.max(1)),
@@ -191,6 +215,17 @@ impl CachePolicy {
     }
 }
 
+/// What the cache decision needs to know about the request and the exchange with the origin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exchange {
+    /// The request carried `Authorization`.
+    pub authorization: bool,
+    /// The gateway authenticated the request (a consumer is known).
+    pub authenticated: bool,
+    /// From sending the request upstream to the response head (`response_delay`, §4.2.3).
+    pub response_delay: Duration,
+}
+
 /// Why a request does not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestUse {
@@ -204,6 +239,9 @@ pub enum RequestUse {
     /// look up and store like a GET.
     CacheBody,
 }
+
+/// Registered safe methods beyond RFC 9110's (WebDAV's, RFC 4918 / 3253 / 5323).
+const SAFE_EXTENSION_METHODS: [&str; 3] = ["PROPFIND", "REPORT", "SEARCH"];
 
 /// Largest request body that can be part of a cache key: the body is read before the lookup
 /// and replayed upstream on a miss from Pingora's 64 KiB retry buffer.
@@ -234,8 +272,12 @@ impl CachePolicy {
                     _ => RequestUse::Bypass,
                 }
             }
-            Method::POST | Method::PUT | Method::DELETE | Method::PATCH => RequestUse::Invalidate,
-            _ => RequestUse::Bypass,
+            // Known safe methods leave the cache alone; any other method, registered
+            // (POST, PUT, DELETE, PATCH, PROPPATCH...) or not (M-SEARCH), may change the
+            // resource: it invalidates (RFC 9111 §4.4).
+            Method::OPTIONS | Method::TRACE | Method::CONNECT => RequestUse::Bypass,
+            ref m if SAFE_EXTENSION_METHODS.contains(&m.as_str()) => RequestUse::Bypass,
+            _ => RequestUse::Invalidate,
         }
     }
 
@@ -249,21 +291,55 @@ impl CachePolicy {
         pragma || cc.is_some_and(|cc| cc.no_cache() || matches!(cc.max_age(), Ok(Some(0))))
     }
 
-    /// The URL identity used for purges: route, host, path and query as the key sees it.
+    /// The URL identity used for invalidation and purges: host, path and query as the key
+    /// sees it. Not the route: a URL's stored answers go together, whichever route made them.
     pub fn url_hash(&self, req: &RequestHeader) -> HashBinary {
         let mut s = String::with_capacity(128);
-        self.push_url(&mut s, req);
+        self.push_url(
+            &mut s,
+            crate::req::host(req),
+            req.uri.path(),
+            req.uri.query(),
+        );
         hash_key(&s)
     }
 
-    fn push_url(&self, s: &mut String, req: &RequestHeader) {
-        s.push_str(&self.route);
+    /// The URLs a successful unsafe request invalidates (RFC 9111 §4.4): its own, and those
+    /// its response's `Location` and `Content-Location` name on the same host.
+    pub fn invalidated_urls(&self, req: &RequestHeader, resp: &ResponseHeader) -> Vec<HashBinary> {
+        let host = crate::req::host(req);
+        let mut urls = vec![self.url_hash(req)];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(v) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(uri) = v.parse::<http::Uri>() else {
+                continue;
+            };
+            // A reference to another host is not this cache's to invalidate (§4.4).
+            // The key's host has no port, so neither does the comparison.
+            let same_host = match uri.host() {
+                Some(h) => h
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .eq_ignore_ascii_case(host),
+                None => v.starts_with('/') && !v.starts_with("//"),
+            };
+            if same_host {
+                let mut s = String::with_capacity(128);
+                self.push_url(&mut s, host, uri.path(), uri.query());
+                urls.push(hash_key(&s));
+            }
+        }
+        urls
+    }
+
+    fn push_url(&self, s: &mut String, host: &str, path: &str, query: Option<&str>) {
+        s.push_str(host);
         s.push('\0');
-        s.push_str(crate::req::host(req));
-        s.push('\0');
-        s.push_str(req.uri.path());
+        s.push_str(path);
         s.push('?');
-        let query = req.uri.query().unwrap_or("");
+        let query = query.unwrap_or("");
         match (self.query_params.is_empty(), self.query) {
             (true, QueryMode::All) => s.push_str(query),
             (true, QueryMode::Ignore) => {}
@@ -284,18 +360,29 @@ impl CachePolicy {
         }
     }
 
-    /// The cache key: route, method (HEAD shares GET's entry), host, path and query, plus the
-    /// configured headers, and the consumer of an authenticated request unless the route's
-    /// responses are `shared`.
+    /// The cache key: the route that serves the request and the upstream it goes to (so a
+    /// global cache never serves one route's or one split target's answer on another), method
+    /// (HEAD shares GET's entry), host, path and query, plus the configured headers, and the
+    /// consumer of an authenticated request unless the route's responses are `shared`.
     pub fn cache_key(
         &self,
         req: &RequestHeader,
         ctx: &RequestCtx,
+        target: &str,
         body_hash: Option<&[u8; 32]>,
     ) -> CacheKey {
         let mut s = String::with_capacity(160);
-        self.push_url(&mut s, req);
+        self.push_url(
+            &mut s,
+            crate::req::host(req),
+            req.uri.path(),
+            req.uri.query(),
+        );
         let url = hash_key(&s);
+        s.push('\0');
+        s.push_str(&ctx.route);
+        s.push('\0');
+        s.push_str(target);
         s.push('\0');
         s.push_str(if req.method == Method::HEAD {
             "GET"
@@ -320,21 +407,20 @@ impl CachePolicy {
                 s.push_str(&format!("{b:02x}"));
             }
         }
-        let mut key = CacheKey::new(s, self.route.clone());
+        let mut key = CacheKey::new(s, ctx.route.to_string());
         key.extensions.insert(KeyOrigin(Origin {
-            route: self.route.clone(),
+            route: ctx.route.to_string(),
             url,
             path: req.uri.path().to_string(),
         }));
         key
     }
 
-    /// Decide whether (and for how long) a response may be stored, as a shared cache.
-    pub fn response_cacheable(&self, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    /// Decide whether (and for how long) a response may be stored, as a shared cache
+    /// (RFC 9111 §3), and its age and freshness (§4.2).
+    pub fn response_cacheable(&self, resp: &ResponseHeader, ex: &Exchange) -> RespCacheable {
         let no = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-        if !self.statuses.contains(&resp.status.as_u16()) {
-            return no;
-        }
+        let listed = self.statuses.contains(&resp.status.as_u16());
         if !self.cache_set_cookie && resp.headers.contains_key(header::SET_COOKIE) {
             return no;
         }
@@ -345,65 +431,94 @@ impl CachePolicy {
             return no;
         }
         let cc = CacheControl::from_resp_headers(resp);
-        if let Some(cc) = &cc {
-            if cc.no_store() || cc.private() {
-                return no;
-            }
-        }
-        // A response to a request with Authorization is stored only when it says it may be.
-        if authorization
-            && !cc
-                .as_ref()
-                .is_some_and(|cc| cc.public() || has_s_maxage(cc) || cc.must_revalidate())
-        {
+        if cc.as_ref().is_some_and(|cc| cc.no_store() || cc.private()) {
             return no;
         }
+        let says_public = cc
+            .as_ref()
+            .is_some_and(|cc| cc.public() || has_s_maxage(cc) || cc.must_revalidate());
         let now = SystemTime::now();
-        let age = resp
-            .headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
-        let explicit = cc.as_ref().and_then(|cc| match cc.s_maxage() {
-            Ok(Some(s)) => Some(s),
-            _ => cc.max_age().ok().flatten(),
-        });
-        let fresh_until = match explicit {
-            Some(secs) => now + Duration::from_secs(secs as u64).saturating_sub(age),
-            None => match calculate_expires_header_time(resp) {
-                Some(t) => t,
-                None => {
-                    // No freshness given: only responses that explicitly allow caching
-                    // (`public`, or `no-cache`, which must revalidate anyway) use the default.
+        let initial_age = freshness::initial_age(resp, now, ex.response_delay);
+        let explicit = freshness::explicit_lifetime(resp, cc.as_ref(), now);
+
+        let (lifetime, swr, sie) = if let Some(ttl) = self.force_ttl {
+            // The operator's lifetime replaces the origin's; its storage bans still hold.
+            // A request with Authorization is the origin's business unless the gateway
+            // authenticated it and keys the entry by consumer.
+            let keyed_by_caller = ex.authenticated && self.key_consumer;
+            if !listed || (ex.authorization && !keyed_by_caller && !says_public) {
+                return no;
+            }
+            (ttl, 0, 0)
+        } else {
+            // Beyond the list, a response says it may be stored by giving explicit
+            // freshness; server errors only when listed (a transient 500 is not kept).
+            let final_status = (200..=499).contains(&resp.status.as_u16());
+            let explicit_ok = !self.statuses_strict
+                && final_status
+                && resp.status != StatusCode::PARTIAL_CONTENT
+                && matches!(explicit, Lifetime::Explicit(_));
+            if !listed && !explicit_ok {
+                return no;
+            }
+            // A response to a request with Authorization is stored only when it says it may be.
+            if ex.authorization && !says_public {
+                return no;
+            }
+            let no_cache = cc.as_ref().is_some_and(|cc| cc.no_cache());
+            let lifetime = match explicit {
+                Lifetime::Explicit(d) => d,
+                Lifetime::None => {
+                    // No freshness given: the default applies to responses that explicitly
+                    // allow caching (`public`, or `no-cache`, which revalidates anyway).
                     let allows = cc.as_ref().is_some_and(|cc| cc.public() || cc.no_cache());
-                    match (allows, self.default_ttl) {
-                        (true, Some(ttl)) => now + ttl,
-                        (true, None) if cc.as_ref().is_some_and(|cc| cc.no_cache()) => now,
+                    match (allows, self.default_ttl, self.heuristic_max) {
+                        (true, Some(ttl), _) => ttl,
+                        _ if no_cache => Duration::ZERO,
+                        (_, _, Some(cap)) => match freshness::heuristic_lifetime(resp, now, cap) {
+                            Some(h) => h,
+                            None => return no,
+                        },
                         _ => return no,
                     }
                 }
-            },
+            };
+            let (swr, sie) = match &cc {
+                Some(cc) if cc.must_revalidate() || cc.proxy_revalidate() => (0, 0),
+                Some(cc) => (
+                    cc.stale_while_revalidate().ok().flatten().unwrap_or(0),
+                    cc.stale_if_error().ok().flatten().unwrap_or(0),
+                ),
+                None => (0, 0),
+            };
+            // `no-cache`: store, but revalidate before every use.
+            let lifetime = if no_cache { Duration::ZERO } else { lifetime };
+            (lifetime, swr, sie)
         };
-        // `no-cache` (and `must-revalidate` once stale) means: store, but revalidate before use.
-        let fresh_until = if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
-            now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
-        } else {
-            fresh_until
-        };
-        let (swr, sie) = match &cc {
-            Some(cc) if cc.must_revalidate() || cc.proxy_revalidate() => (0, 0),
-            Some(cc) => (
-                cc.stale_while_revalidate().ok().flatten().unwrap_or(0),
-                cc.stale_if_error().ok().flatten().unwrap_or(0),
-            ),
-            None => (0, 0),
-        };
+
+        // The response was `initial_age` old when it arrived: its clock started then.
+        let epoch = now
+            .checked_sub(initial_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        // Fresh while its age is below the lifetime (§4.2): a lifetime of 0, or an age past
+        // it, is stale on arrival.
+        let fresh_until = (epoch + lifetime)
+            .checked_sub(Duration::from_millis(1))
+            .unwrap_or(epoch);
         let mut header = resp.clone();
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
-        RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+        // Age is computed at every use; a stored copy would be stale.
+        header.remove_header(&header::AGE);
+        // A response without Date is dated when it was received (RFC 9110 §6.6.1), so hits
+        // say how old the stored copy is.
+        if !header.headers.contains_key(header::DATE) {
+            let _ = header.insert_header(header::DATE, httpdate::fmt_http_date(now));
+        }
+        let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+        meta.set_epoch_override(epoch);
+        RespCacheable::Cacheable(meta)
     }
 
     /// The variance of a stored response for this request: the values of the headers its
@@ -464,12 +579,102 @@ impl CachePolicy {
         &self.route
     }
 
+    /// Where the objects live, as the metrics' `storage` label says.
+    pub fn storage_name(&self) -> &'static str {
+        "memory"
+    }
+
     /// The cache this route's objects live in.
     pub fn store(&self) -> &'static CacheStore {
         self.scope.store()
     }
 }
 
+/// The stored response's head updated by a `304 Not Modified` (RFC 9111 §4.3.4): every
+/// field the 304 carries replaces the stored one, except those describing the stored body's
+/// framing and encoding (`Content-Length`, `Transfer-Encoding`, `Content-Encoding`,
+/// `Content-Range`) and `Vary` (the stored variant stays the one it was). `Date` and `Age`
+/// are the 304's: they date the validation.
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    const KEEP: [HeaderName; 5] = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::VARY,
+    ];
+    let mut merged = stored.clone();
+    merged.remove_header(&header::DATE);
+    merged.remove_header(&header::AGE);
+    for name in not_modified.headers.keys() {
+        if KEEP.contains(name) {
+            continue;
+        }
+        merged.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), v.clone());
+        }
+    }
+    if !merged.headers.contains_key(header::DATE) {
+        // A 304 without Date: it was received now (RFC 9110 §6.6.1).
+        let _ = merged.insert_header(header::DATE, httpdate::fmt_http_date(SystemTime::now()));
+    }
+    merged
+}
+
 fn has_s_maxage(cc: &CacheControl) -> bool {
     matches!(cc.s_maxage(), Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_304_replaces_every_field_but_the_body_framing_and_vary() {
+        let mut stored = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("content-length", "5"),
+            ("content-type", "text/plain"),
+            ("x-frame-options", "deny"),
+            ("vary", "accept"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("age", "10"),
+            ("x-kept", "1"),
+        ] {
+            stored.append_header(k, v).unwrap();
+        }
+        let mut nm = ResponseHeader::build(304, None).unwrap();
+        for (k, v) in [
+            ("content-length", "0"),
+            ("content-type", "text/html"),
+            ("x-frame-options", "sameorigin"),
+            ("vary", "accept-language"),
+            ("x-new", "a"),
+            ("x-new", "b"),
+        ] {
+            nm.append_header(k, v).unwrap();
+        }
+        let m = merge_not_modified(&stored, &nm);
+        let get = |n: &str| -> Vec<&str> {
+            m.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(get("content-length"), ["5"]);
+        assert_eq!(get("content-type"), ["text/html"]);
+        assert_eq!(get("x-frame-options"), ["sameorigin"]);
+        assert_eq!(get("vary"), ["accept"]);
+        assert_eq!(get("x-new"), ["a", "b"]);
+        assert_eq!(get("x-kept"), ["1"]);
+        assert!(get("age").is_empty());
+        // The 304 had no Date: it is dated now, not 1994.
+        let date = httpdate::parse_http_date(get("date")[0]).unwrap();
+        assert!(date > SystemTime::now() - Duration::from_secs(60));
+    }
 }

@@ -1,0 +1,177 @@
+//! The origin's `Date` kept on HTTP/1 responses (RFC 9110 §6.6.1: a proxy passes it; it adds
+//! one only when there is none). Pingora 0.9's HTTP/1 writer overwrites `Date` with its own
+//! clock on every response, so the proxy carries the origin's value in a marker field whose
+//! name holds a per-process secret, and the client connection's writer
+//! ([`GuardedStream`](crate::connection::guard::GuardedStream)) puts it back in the `Date`
+//! line and drops the marker while the head goes out. Only a write that starts a response
+//! head and carries the marker is touched; an upstream cannot forge the marker's name.
+//!
+//! HTTP/2 responses keep Pingora's `Date` (its HPACK writer cannot be reached).
+
+use http::header::{HeaderName, DATE};
+use pingora::http::ResponseHeader;
+use std::time::SystemTime;
+
+/// The marker and how to apply it; one per process, shared by the proxy and the listeners.
+#[derive(Debug)]
+pub struct OriginDate {
+    name: HeaderName,
+}
+
+impl Default for OriginDate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OriginDate {
+    /// A marker with a fresh random name.
+    pub fn new() -> Self {
+        let secret = tollgate_plugins::RequestId::generate();
+        let name = format!("x-tollgate-origin-date-{}", secret.as_str()).to_ascii_lowercase();
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|_| HeaderName::from_static("x-tollgate-origin-date"));
+        OriginDate { name }
+    }
+
+    /// Before an HTTP/1 response head is written: carry its `Date` (made canonical, an
+    /// IMF-fixdate) in the marker. A missing or invalid `Date` is left to Pingora, which
+    /// writes the time the response is sent.
+    pub fn mark(&self, resp: &mut ResponseHeader) {
+        let Some(date) = resp
+            .headers
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        else {
+            return;
+        };
+        let _ = resp.insert_header(self.name.clone(), fmt(date));
+    }
+
+    /// A response head as written by Pingora, with the marker's value as its `Date` and
+    /// without the marker; `None` when `buf` is not a marked response head.
+    pub fn rewrite_head(&self, buf: &[u8]) -> Option<Vec<u8>> {
+        if !buf.starts_with(b"HTTP/1.") {
+            return None;
+        }
+        let end = find(buf, b"\r\n\r\n")? + 4;
+        let head = &buf[..end];
+        let marker = self.name.as_str().as_bytes();
+        find_ignore_case(head, marker)?;
+        let mut value: Option<&[u8]> = None;
+        let mut lines: Vec<&[u8]> = Vec::new();
+        for line in head[..end - 2].split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            match line.iter().position(|b| *b == b':') {
+                Some(colon) if line[..colon].eq_ignore_ascii_case(marker) => {
+                    value = Some(trim(&line[colon + 1..]));
+                }
+                _ => lines.push(line),
+            }
+        }
+        let value = value?;
+        let mut out = Vec::with_capacity(buf.len());
+        let mut dated = false;
+        for line in lines {
+            let is_date = line
+                .iter()
+                .position(|b| *b == b':')
+                .is_some_and(|c| line[..c].eq_ignore_ascii_case(b"date"));
+            if is_date {
+                if dated {
+                    continue;
+                }
+                dated = true;
+                out.extend_from_slice(b"Date: ");
+                out.extend_from_slice(value);
+            } else {
+                out.extend_from_slice(line);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&buf[end..]);
+        Some(out)
+    }
+}
+
+fn fmt(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_ignore_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marked_date_replaces_pingoras_and_the_marker_goes() {
+        let od = OriginDate::new();
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("date", "Sun, 06 Nov 1994 08:49:37 GMT")
+            .unwrap();
+        od.mark(&mut resp);
+        let marker = od.name.as_str().to_string();
+        let written = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Tue, 01 Dec 2026 21:00:00 GMT\r\n{marker}: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: keep-alive\r\n\r\nok"
+        );
+        let out = od.rewrite_head(written.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: keep-alive\r\n\r\nok"
+        );
+    }
+
+    #[test]
+    fn unmarked_heads_bodies_and_forged_markers_are_left_alone() {
+        let od = OriginDate::new();
+        let plain = b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 21:00:00 GMT\r\n\r\n";
+        assert!(od.rewrite_head(plain).is_none());
+        let body = format!("{}: x\r\n\r\n", od.name.as_str());
+        assert!(od.rewrite_head(body.as_bytes()).is_none());
+        let forged =
+            b"HTTP/1.1 200 OK\r\nx-tollgate-origin-date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n";
+        assert!(od.rewrite_head(forged).is_none());
+    }
+
+    #[test]
+    fn invalid_origin_dates_are_not_carried_and_obsolete_forms_are_made_canonical() {
+        let od = OriginDate::new();
+        let mut bad = ResponseHeader::build(200, None).unwrap();
+        bad.insert_header("date", "yesterday").unwrap();
+        od.mark(&mut bad);
+        assert!(!bad.headers.contains_key(&od.name));
+        let mut old = ResponseHeader::build(200, None).unwrap();
+        old.insert_header("date", "Sunday, 06-Nov-94 08:49:37 GMT")
+            .unwrap();
+        od.mark(&mut old);
+        assert_eq!(
+            old.headers.get(&od.name).unwrap(),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+    }
+}
