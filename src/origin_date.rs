@@ -38,10 +38,16 @@ impl OriginDate {
     /// IMF-fixdate) in the marker. A missing or invalid `Date` is left to Pingora, which
     /// writes the time the response is sent.
     pub fn mark(&self, resp: &mut ResponseHeader) {
-        let Some(date) = resp
-            .headers
-            .get(DATE)
-            .and_then(|v| v.to_str().ok())
+        let Some(value) = resp.headers.get(DATE) else {
+            return;
+        };
+        // A live origin dates its answer this second, as Pingora will: nothing to carry.
+        if value == pingora::protocols::http::date::get_cached_date() {
+            return;
+        }
+        let Some(date) = value
+            .to_str()
+            .ok()
             .and_then(|v| httpdate::parse_http_date(v).ok())
         else {
             return;

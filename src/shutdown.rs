@@ -60,6 +60,13 @@ impl ShutdownSignalWatch for DrainingShutdown {
                     _ = tokio::time::sleep(self.grace) => {}
                     _ = int.recv() => return ShutdownSignal::FastShutdown,
                 }
+                // Connections the kernel completed but nobody accepted yet are reset when a
+                // listener closes: shrink the queues first and let the accept loops take
+                // what is in them, so a request sent on such a connection is not lost.
+                let quieted = quiet_listeners();
+                if quieted > 0 {
+                    tokio::time::sleep(QUEUE_DRAIN).await;
+                }
                 log::info!("grace period over: listeners close, in-flight requests finish");
                 watch_drain(self.lifecycle.clone(), Duration::ZERO, self.timeout);
                 ShutdownSignal::GracefulTerminate
@@ -72,6 +79,142 @@ impl ShutdownSignalWatch for DrainingShutdown {
             }
         }
     }
+}
+
+/// How long the accept loops get to empty the shrunk accept queues before the listeners
+/// close.
+const QUEUE_DRAIN: Duration = Duration::from_millis(300);
+
+/// Set the backlog of every listening TCP socket of the process to the minimum, so new
+/// connections wait in SYN retries (and then find the port closed: a connect error the
+/// client can retry elsewhere) instead of queueing on a listener about to close. Returns how
+/// many listeners it found.
+#[cfg(target_os = "linux")]
+fn quiet_listeners() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.parse::<std::os::fd::RawFd>().ok())
+        else {
+            continue;
+        };
+        // Files, pipes and the directory's own descriptor are in the list too.
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let mut listening: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is open (listed by the kernel just now) and the out-pointers are
+        // valid for the sizes given; a descriptor closed meanwhile only makes the call fail.
+        let ok = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut listening as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        } == 0;
+        let mut domain: libc::c_int = 0;
+        let mut dlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as above.
+        let inet = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut domain as *mut libc::c_int).cast(),
+                &mut dlen,
+            )
+        } == 0
+            && (domain == libc::AF_INET || domain == libc::AF_INET6);
+        if ok && listening == 1 && inet {
+            refuse_new_syns(fd);
+            // SAFETY: re-listening on a listening socket only changes its backlog.
+            if unsafe { libc::listen(fd, 0) } == 0 {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Drop connection requests (TCP segments with SYN and without ACK) arriving on the
+/// listening socket `fd`, with a classic BPF socket filter; the rest of a handshake already
+/// under way passes, so those connections complete and are accepted. A client whose SYN was
+/// dropped retries it after a second and finds the port closed.
+#[cfg(target_os = "linux")]
+fn refuse_new_syns(fd: std::os::fd::RawFd) {
+    // The filter sees the TCP header at offset 0; byte 13 holds the flags.
+    let mut program = [
+        // ldb [13]
+        libc::sock_filter {
+            code: 0x30,
+            jt: 0,
+            jf: 0,
+            k: 13,
+        },
+        // and #(SYN | ACK)
+        libc::sock_filter {
+            code: 0x54,
+            jt: 0,
+            jf: 0,
+            k: 0x12,
+        },
+        // jeq #SYN ? next : skip one
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: 0x02,
+        },
+        // ret #0: drop
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // ret #-1: keep the whole segment
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `program`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!(
+            "cannot filter new connections on fd {fd}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quiet_listeners() -> usize {
+    0
 }
 
 /// After `delay` (while the listeners still close), end the process with code 0 once no

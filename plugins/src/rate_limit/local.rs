@@ -15,18 +15,30 @@
 
 use super::window::{Decision, Window};
 use crate::ttl_cache::TtlCache;
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
+/// The most windows a limit has (`second`, `minute`, `hour`, `day`).
+const MAX_WINDOWS: usize = 4;
+
+/// One window's counts, 12 bytes: limits are far below 2^32 a window, and the window
+/// number (wall-clock milliseconds / window length) is compared only for equality and
+/// succession, which wrapping keeps.
 #[derive(Clone, Copy, Default)]
 struct Counts {
-    index: u64,
-    current: u64,
-    previous: u64,
+    index: u32,
+    current: u32,
+    previous: u32,
 }
 
 /// The counters of one limit definition.
+///
+/// A key is kept as a 128-bit keyed hash (two SipHash keys drawn at start), not as the
+/// text a client sent: an entry costs the same whatever the key's length, and a client
+/// cannot choose keys that collide.
 pub struct LocalCounters {
-    entries: TtlCache<String, Vec<Counts>>,
+    entries: TtlCache<u128, [Counts; MAX_WINDOWS]>,
+    hashers: (RandomState, RandomState),
 }
 
 impl LocalCounters {
@@ -34,39 +46,49 @@ impl LocalCounters {
     pub fn new(max_keys: usize) -> Self {
         LocalCounters {
             entries: TtlCache::new(max_keys),
+            hashers: (RandomState::new(), RandomState::new()),
         }
+    }
+
+    fn digest(&self, key: &str) -> u128 {
+        let hi = self.hashers.0.hash_one(key);
+        let lo = self.hashers.1.hash_one(key);
+        (u128::from(hi) << 64) | u128::from(lo)
     }
 
     /// Check and, when allowed, count one request of `key` at `now_ms` (wall clock).
     pub fn hit(&self, key: &str, windows: &[Window], now_ms: u64) -> Decision {
         let horizon = windows.iter().map(|w| w.ms).max().unwrap_or(0) * 2;
         let now = Instant::now();
+        let digest = self.digest(key);
+        let windows = &windows[..windows.len().min(MAX_WINDOWS)];
         self.entries.update(
-            key,
+            &digest,
             now,
             now + Duration::from_millis(horizon),
-            || (key.to_string(), vec![Counts::default(); windows.len()]),
+            || (digest, [Counts::default(); MAX_WINDOWS]),
             |counts| {
-                if counts.len() != windows.len() {
-                    *counts = vec![Counts::default(); windows.len()];
-                }
                 let mut states = Vec::with_capacity(windows.len());
                 for (w, c) in windows.iter().zip(counts.iter_mut()) {
-                    let index = now_ms / w.ms;
+                    let index = (now_ms / w.ms) as u32;
                     if c.index != index {
-                        c.previous = if c.index + 1 == index { c.current } else { 0 };
+                        c.previous = if c.index.wrapping_add(1) == index {
+                            c.current
+                        } else {
+                            0
+                        };
                         c.current = 0;
                         c.index = index;
                     }
                     let into = now_ms % w.ms;
                     let est =
                         c.previous as f64 * (w.ms - into) as f64 / w.ms as f64 + c.current as f64;
-                    states.push((est, c.current, c.previous, into));
+                    states.push((est, u64::from(c.current), u64::from(c.previous), into));
                 }
                 let decision = Decision::from_states(windows, &states);
                 if decision.allowed {
-                    for c in counts.iter_mut() {
-                        c.current += 1;
+                    for c in counts.iter_mut().take(windows.len()) {
+                        c.current = c.current.saturating_add(1);
                     }
                 }
                 decision
