@@ -32,6 +32,7 @@ pub mod mock;
 pub mod net;
 pub mod plugin;
 pub mod rate_limit;
+pub mod redis_conn;
 pub mod registry;
 pub mod req;
 pub mod request_size;

@@ -12,6 +12,10 @@ pub struct PluginMetrics {
     /// `tollgate_ratelimit_store_errors_total{route,on_store_error}`: the shared store failed
     /// or timed out, and what was done about it.
     pub ratelimit_store_errors: IntCounterVec,
+    /// `tollgate_cache_store_errors_total{storage,op}`: a shared cache storage failed or timed
+    /// out (`op`: `lookup`, `write`, `update`, `purge`); lookups became misses, writes were
+    /// dropped, purges reported the error.
+    pub cache_store_errors: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -34,6 +38,11 @@ pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| PluginMetrics {
         "Shared rate-limit store failures by route and the configured fallback",
         &["route", "on_store_error"],
     ),
+    cache_store_errors: counter(
+        "tollgate_cache_store_errors_total",
+        "Shared response-cache storage failures by storage and operation",
+        &["storage", "op"],
+    ),
 });
 
 /// Every plugin metric, for the gateway's registry.
@@ -41,5 +50,6 @@ pub fn collectors() -> Vec<Box<dyn Collector>> {
     vec![
         Box::new(METRICS.ratelimit_decisions.clone()),
         Box::new(METRICS.ratelimit_store_errors.clone()),
+        Box::new(METRICS.cache_store_errors.clone()),
     ]
 }

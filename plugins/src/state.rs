@@ -14,7 +14,7 @@
 //!
 //! A few pieces must live as long as the process because Pingora holds them by `'static`
 //! reference (the response cache's storage): [`SharedState::process_wide`] makes such a piece
-//! once per state and never prunes it.
+//! once per state, [`SharedState::process_wide_keyed`] once per key, and neither is pruned.
 
 use crate::sync::lock;
 use std::any::{Any, TypeId};
@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Entries = HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>;
+
+/// The process-wide pieces of one type by key ([`SharedState::process_wide_keyed`]).
+struct Keyed<T: 'static>(Mutex<HashMap<String, &'static T>>);
 
 /// The process's reload-surviving state (see the module documentation).
 #[derive(Default)]
@@ -79,6 +82,29 @@ impl SharedState {
         let leaked: &'static T = Box::leak(Box::new(init()));
         pieces.insert(TypeId::of::<T>(), leaked);
         leaked
+    }
+
+    /// The piece of type `T` stored under `key` that lives as long as the process, made by
+    /// `init` on first use (nothing is stored if it fails). Unlike [`SharedState::process_wide`]
+    /// there is one per distinct (type, key), for pieces Pingora holds by `'static` reference
+    /// but that differ by config (a shared cache storage per Redis URL and budget).
+    ///
+    /// Every piece made is leaked and never pruned: the count is bounded by the distinct
+    /// configs a process sees, so callers key by definition, never by request data. `init`
+    /// must not ask for another keyed piece of the same type (the type's lock is held).
+    pub fn process_wide_keyed<T: Send + Sync + 'static, E>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> Result<T, E>,
+    ) -> Result<&'static T, E> {
+        let keyed: &'static Keyed<T> = self.process_wide(|| Keyed(Mutex::new(HashMap::new())));
+        let mut pieces = lock(&keyed.0);
+        if let Some(found) = pieces.get(key) {
+            return Ok(found);
+        }
+        let leaked: &'static T = Box::leak(Box::new(init()?));
+        pieces.insert(key.to_string(), leaked);
+        Ok(leaked)
     }
 
     /// The process-wide piece of type `T`, if one was made.
@@ -156,5 +182,24 @@ mod tests {
         assert!(std::ptr::eq(a, b));
         assert_eq!(s.prune(), 0);
         assert_eq!(s.process_wide_if_made::<u64>(), Some(&7));
+    }
+
+    #[test]
+    fn process_wide_keyed_pieces_are_made_once_per_key() {
+        let s = SharedState::new();
+        let a: &'static u64 = s.process_wide_keyed("a", || Ok::<_, ()>(1)).unwrap();
+        let again: &'static u64 = s.process_wide_keyed("a", || Ok::<_, ()>(2)).unwrap();
+        assert!(std::ptr::eq(a, again));
+        let b: &'static u64 = s.process_wide_keyed("b", || Ok::<_, ()>(3)).unwrap();
+        assert_eq!((*a, *b), (1, 3));
+        let failed: Result<&u64, &str> = s.process_wide_keyed("c", || Err("no"));
+        assert!(failed.is_err());
+        assert_eq!(*s.process_wide_keyed("c", || Ok::<_, ()>(4)).unwrap(), 4);
+        // Another type under the same key is another piece; nothing here is pruned.
+        let t: &'static String = s
+            .process_wide_keyed("a", || Ok::<_, ()>("x".into()))
+            .unwrap();
+        assert_eq!(t, "x");
+        assert_eq!(s.prune(), 0);
     }
 }

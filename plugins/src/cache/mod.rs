@@ -6,6 +6,7 @@
 
 pub mod freshness;
 pub mod policy;
+pub mod redis_storage;
 pub mod storage;
 
 pub use policy::{CachePolicy, Exchange, RequestUse, MAX_KEY_BODY};

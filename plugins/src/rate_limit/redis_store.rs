@@ -3,19 +3,17 @@
 //! One decision is one round trip: an atomic Lua script that reads the windows' counts,
 //! decides, and increments only when the request passes (the same sliding-window rule as
 //! the local store, on Redis's own clock so instances with skewed clocks agree). Keys expire
-//! two windows after their last use. Connections are multiplexed over a managed connection
-//! that reconnects by itself; every call is bounded by `timeout_ms`.
+//! two windows after their last use. The connection ([`RedisConn`]) is multiplexed, every
+//! call is bounded by `timeout_ms`, and a dead Redis is reconnected at most once a second.
 //!
 //! The script builds its keys from one base key, so it needs a single Redis server (or a
 //! proxy that routes by the base key), not Redis Cluster.
 
 use super::window::{Decision, Window};
+use crate::redis_conn::{RedisConn, RedisError};
 use crate::state::SharedState;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use std::time::Duration;
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -62,39 +60,12 @@ return out
 
 /// A Redis server used for rate limits, shared by all plugin instances with the same URL.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    conn: RedisConn,
     script: redis::Script,
-    timeout: Duration,
-    /// Milliseconds since `epoch` of the last failed connect; connects are not retried more
-    /// often than once a second, so a dead Redis costs requests nothing but the fallback.
-    last_connect_failure_ms: AtomicU64,
-    /// Milliseconds since `epoch` of the last warning logged, so a Redis outage logs once a
-    /// second, not once a request.
-    last_warning_ms: AtomicU64,
-    epoch: Instant,
 }
 
 /// Why a decision could not be made.
-#[derive(Debug)]
-pub enum StoreError {
-    /// Not connected (and not retrying yet).
-    Unavailable,
-    /// The call took longer than the timeout.
-    Timeout,
-    /// Redis answered with an error, or the connection broke.
-    Redis(String),
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::Unavailable => f.write_str("not connected"),
-            StoreError::Timeout => f.write_str("timed out"),
-            StoreError::Redis(e) => write!(f, "{e}"),
-        }
-    }
-}
+pub type StoreError = RedisError;
 
 impl RedisStore {
     /// The store for `url` with this timeout: one per process (kept in the [`SharedState`]
@@ -102,82 +73,28 @@ impl RedisStore {
     pub fn get(state: &SharedState, url: &str, timeout: Duration) -> Result<Arc<Self>, String> {
         let key = format!("{}|{url}", timeout.as_millis());
         state.try_get_or_insert(&key, || {
-            let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
             Ok(RedisStore {
-                client,
-                conn: OnceCell::new(),
+                conn: RedisConn::open(url, timeout)?,
                 script: redis::Script::new(SCRIPT),
-                timeout,
-                last_connect_failure_ms: AtomicU64::new(0),
-                last_warning_ms: AtomicU64::new(0),
-                epoch: Instant::now(),
             })
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
-        }
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_connect_failure_ms.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < 1000 {
-            return Err(StoreError::Unavailable);
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let client = self.client.clone();
-        let result = self
-            .conn
-            .get_or_try_init(|| async move {
-                tokio::time::timeout(
-                    self.timeout,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-                .map_err(|_| StoreError::Timeout)?
-                .map_err(|e| StoreError::Redis(e.to_string()))
-            })
-            .await;
-        match result {
-            Ok(c) => Ok(c.clone()),
-            Err(e) => {
-                self.last_connect_failure_ms.store(now, Ordering::Relaxed);
-                Err(e)
-            }
-        }
     }
 
     /// Check and count one request of `key` (already prefixed and scoped).
     pub async fn hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
         let result = self.try_hit(key, windows).await;
         if let Err(e) = &result {
-            let now = self.epoch.elapsed().as_millis() as u64 + 1;
-            let last = self.last_warning_ms.load(Ordering::Relaxed);
-            if last == 0 || now.saturating_sub(last) >= 1000 {
-                self.last_warning_ms.store(now, Ordering::Relaxed);
-                log::warn!(
-                    "rate-limit store {}: {e}",
-                    self.client.get_connection_info().addr()
-                );
-            }
+            self.conn.warn("rate-limit store", e);
         }
         result
     }
 
     async fn try_hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
-        let mut conn = self.connection().await?;
         let mut inv = self.script.key(key);
         for w in windows {
             inv.arg(w.max).arg(w.ms);
         }
-        let reply: Vec<u64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let reply: Vec<u64> = self.conn.invoke(&inv).await?;
         if reply.len() != 1 + 3 * windows.len() {
             return Err(StoreError::Redis("unexpected script reply".to_string()));
         }
