@@ -6,6 +6,8 @@
 use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
 use crate::retained::Retained;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -18,6 +20,8 @@ use tollgate_plugins::Answer;
 pub struct AdminApp {
     lifecycle: Arc<Lifecycle>,
     retained: Arc<Retained>,
+    /// The running config, to find a route's cache (memory or Redis) for purges.
+    config: Option<Arc<ArcSwap<Snapshot>>>,
     /// `Bearer <admin_token>`, when one is set.
     expected: Option<Vec<u8>>,
 }
@@ -29,8 +33,16 @@ impl AdminApp {
         AdminApp {
             lifecycle,
             retained,
+            config: None,
             expected: (!token.is_empty()).then(|| format!("Bearer {token}").into_bytes()),
         }
+    }
+
+    /// Purge routes through the cache of `config`'s routes (a Redis-backed route's objects
+    /// live in Redis, not in this process).
+    pub fn with_config(mut self, config: Arc<ArcSwap<Snapshot>>) -> Self {
+        self.config = Some(config);
+        self
     }
 
     fn authorized(&self, req: &pingora::http::RequestHeader) -> bool {
@@ -73,7 +85,7 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Vec<
 
 impl AdminApp {
     /// `POST /cache/purge?route=<name>[&path=<path>]`: drop a route's cached objects.
-    fn purge(&self, req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
+    async fn purge(&self, req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
         let query = req.uri.query().unwrap_or("");
         let param =
             |name: &str| tollgate_plugins::req::query_value(query, name).filter(|v| !v.is_empty());
@@ -91,10 +103,30 @@ impl AdminApp {
                 "route=<name> is required",
             );
         };
-        let n = self
-            .retained
-            .cache()
-            .map_or(0, |c| c.storage.purge_route(route, param("path")));
+        let policy = self.config.as_ref().and_then(|c| {
+            c.load()
+                .routes
+                .iter()
+                .find(|r| &*r.name == route)
+                .and_then(|r| r.cache.clone())
+        });
+        let n = match policy {
+            Some(p) => match p.purge_route(route, param("path")).await {
+                Ok(n) => n,
+                Err(_) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cache_unavailable",
+                        "the cache storage could not be reached; nothing was purged",
+                    )
+                }
+            },
+            // Not a cached route of the running config: whatever it left in memory.
+            None => self
+                .retained
+                .cache()
+                .map_or(0, |c| c.storage.purge_route(route, param("path"))),
+        };
         respond(
             StatusCode::OK,
             "application/json",
@@ -120,7 +152,7 @@ impl ServeHttp for AdminApp {
             return r;
         }
         match req.uri.path() {
-            "/cache/purge" => self.purge(req),
+            "/cache/purge" => self.purge(req).await,
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

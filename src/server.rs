@@ -155,7 +155,8 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
     if !process.admin_listen.is_empty() {
         let mut admin = Service::new(
             "tollgate admin".to_string(),
-            AdminApp::new(lifecycle.clone(), retained.clone(), &process.admin_token),
+            AdminApp::new(lifecycle.clone(), retained.clone(), &process.admin_token)
+                .with_config(config.clone()),
         );
         admin.add_tcp(&process.admin_listen);
         server.add_service(admin);

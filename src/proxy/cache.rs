@@ -5,6 +5,7 @@
 use crate::metrics::METRICS;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
+use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheOptionOverrides, CachePhase, NoCacheReason};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -22,8 +23,8 @@ pub fn enable(session: &mut Session, policy: &CachePolicy) {
     overrides.wait_timeout = Some(policy.lock_timeout);
     overrides.max_lock_retries = Some(MAX_LOCK_RETRIES);
     session.cache.enable(
-        &store.storage,
-        Some(store.eviction()),
+        policy.storage(),
+        policy.eviction(),
         None,
         Some(store.lock.as_ref()),
         Some(overrides),
@@ -34,7 +35,7 @@ pub fn enable(session: &mut Session, policy: &CachePolicy) {
 }
 
 /// `PURGE` on a cached route: drop every stored variant of the URL.
-pub fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Answer {
+pub async fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Answer {
     if !policy.purge_enabled() {
         return Answer::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -49,7 +50,17 @@ pub fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Ans
             "not allowed to purge",
         );
     }
-    let n = policy.store().storage.purge_url(&policy.url_hash(req));
+    let n = match policy.purge_urls(&[policy.url_hash(req)]).await {
+        Ok(n) => n,
+        Err(_) => {
+            // The storage counted and logged the failure.
+            return Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache_unavailable",
+                "the cache storage could not be reached; nothing was purged",
+            );
+        }
+    };
     let status = if n > 0 {
         StatusCode::OK
     } else {
@@ -67,7 +78,9 @@ pub fn purge(policy: &CachePolicy, req: &RequestHeader, ctx: &RequestCtx) -> Ans
 }
 
 /// `X-Cache-Status` (Kong/APISIX style) and RFC 9211 `Cache-Status` on responses of cached
-/// routes; counts the status; drops the stored URL after a successful unsafe request.
+/// routes; counts the status. Returns the URLs a successful unsafe request invalidates, for
+/// the caller to [`invalidate`].
+#[must_use]
 pub fn set_status(
     session: &Session,
     resp: &mut ResponseHeader,
@@ -75,15 +88,13 @@ pub fn set_status(
     stored: bool,
     policy: &CachePolicy,
     route: &str,
-) {
+) -> Vec<HashBinary> {
     let phase = session.cache.phase();
+    let mut invalidated = Vec::new();
     let (x, rfc) = match (cache_use, phase) {
         (Some(RequestUse::Invalidate), _) => {
             if resp.status.is_success() || resp.status.is_redirection() {
-                let storage = &policy.store().storage;
-                for url in policy.invalidated_urls(session.req_header(), resp) {
-                    storage.purge_url(&url);
-                }
+                invalidated = policy.invalidated_urls(session.req_header(), resp);
             }
             ("BYPASS", "tollgate; fwd=method")
         }
@@ -122,6 +133,15 @@ pub fn set_status(
         .cache_requests
         .with_label_values(&[route, &x.to_ascii_lowercase(), policy.storage_name()])
         .inc();
+    invalidated
+}
+
+/// Drop what an unsafe request invalidated. A storage failure is the storage's to count
+/// and log; the client's answer does not depend on it.
+pub async fn invalidate(policy: &CachePolicy, urls: Vec<HashBinary>) {
+    if !urls.is_empty() {
+        let _ = policy.purge_urls(&urls).await;
+    }
 }
 
 /// Is the response body the stored one (fresh, stale, or revalidated by a 304)?

@@ -266,7 +266,7 @@ impl ProxyHttp for Gateway {
         if let Some(policy) = &route.cache {
             let req = session.req_header();
             if req.method.as_str() == "PURGE" {
-                let answer = cache::purge(policy, req, &ctx.req);
+                let answer = cache::purge(policy, req, &ctx.req).await;
                 ctx.error_code = answer.code;
                 self.send_answer(session, ctx, answer).await?;
                 return Ok(true);
@@ -634,15 +634,16 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(policy) = ctx.cache_policy() {
-            cache::set_status(
+        if let Some(policy) = ctx.cache_policy().cloned() {
+            let urls = cache::set_status(
                 session,
                 upstream_response,
                 ctx.cache_use,
                 ctx.cache_stored,
-                policy,
+                &policy,
                 &ctx.req.route,
             );
+            cache::invalidate(&policy, urls).await;
         }
         self.finish_header(upstream_response, ctx);
         if !session.is_http2() {

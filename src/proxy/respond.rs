@@ -24,15 +24,16 @@ impl Gateway {
         }
         resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
         // Every response of a cached route says what the cache did, errors included.
-        if let Some(policy) = ctx.cache_policy() {
-            super::cache::set_status(
+        if let Some(policy) = ctx.cache_policy().cloned() {
+            let urls = super::cache::set_status(
                 session,
                 &mut resp,
                 ctx.cache_use,
                 false,
-                policy,
+                &policy,
                 &ctx.req.route,
             );
+            super::cache::invalidate(&policy, urls).await;
         }
         self.finish_header(&mut resp, ctx);
         self.close_if_draining(session);

@@ -3,14 +3,16 @@
 //! the semantics.
 
 use super::freshness::{self, Lifetime};
+use super::redis_storage::{RedisCacheConfig, RedisStorage};
 use super::storage::{CacheScope, CacheStore, KeyOrigin, Origin};
 use crate::build_ctx::BuildCtx;
 use crate::config_error::{parse_config_all, ConfigError};
 use crate::context::RequestCtx;
 use http::{header, HeaderName, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::eviction::EvictionManager;
 use pingora::cache::key::{hash_key, HashBinary};
-use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, Storage, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -56,9 +58,46 @@ struct PurgeConfig {
     token: Option<String>,
 }
 
+/// Where a route's objects live.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "snake_case")]
+enum StorageKind {
+    /// This process's memory store.
+    #[default]
+    Memory,
+    /// A Redis server shared by every instance.
+    Redis,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    url: String,
+    #[serde(default = "default_redis_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_redis_prefix")]
+    prefix: String,
+    #[serde(default = "default_redis_max_bytes")]
+    max_bytes: u64,
+}
+
+fn default_redis_timeout() -> u64 {
+    100
+}
+fn default_redis_prefix() -> String {
+    "tollgate:cache".to_string()
+}
+fn default_redis_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct CacheConfig {
+    #[serde(default)]
+    storage: StorageKind,
+    #[serde(default)]
+    redis: Option<RedisSection>,
     /// `None`: the RFC's heuristically cacheable statuses, and any other final status with
     /// explicit freshness.
     #[serde(default)]
@@ -104,6 +143,9 @@ fn default_lock_timeout() -> u64 {
 pub struct CachePolicy {
     /// The route's objects in the process's cache.
     scope: Arc<CacheScope>,
+    /// With `storage = "redis"`: the shared storage (the memory store then only lends its
+    /// cache lock).
+    redis: Option<&'static RedisStorage>,
     route: String,
     statuses: Vec<u16>,
     /// `statuses` was written: only those are stored, whatever the freshness.
@@ -178,6 +220,47 @@ impl CachePolicy {
             )),
             _ => {}
         }
+        let redis = match (cfg.storage, &cfg.redis) {
+            (StorageKind::Memory, None) => None,
+            (StorageKind::Memory, Some(_)) => {
+                errors.push(ConfigError::new(
+                    "redis",
+                    "only used with storage = \"redis\"",
+                ));
+                None
+            }
+            (StorageKind::Redis, None) => {
+                errors.push(ConfigError::new(
+                    "redis",
+                    "storage = \"redis\" needs redis = { url = \"redis://host:6379\" }",
+                ));
+                None
+            }
+            (StorageKind::Redis, Some(r)) => {
+                if r.timeout_ms == 0 {
+                    errors.push(ConfigError::new("redis.timeout_ms", "must be at least 1"));
+                }
+                if r.max_bytes == 0 {
+                    errors.push(ConfigError::new("redis.max_bytes", "must be at least 1"));
+                }
+                if r.prefix.is_empty() {
+                    errors.push(ConfigError::new("redis.prefix", "must not be empty"));
+                }
+                let rc = RedisCacheConfig {
+                    url: r.url.clone(),
+                    timeout: Duration::from_millis(r.timeout_ms.max(1)),
+                    prefix: r.prefix.clone(),
+                    max_bytes: r.max_bytes.max(1),
+                };
+                match RedisStorage::shared(&ctx.state, &rc) {
+                    Ok(st) => Some(st),
+                    Err(e) => {
+                        errors.push(ConfigError::new("redis.url", e));
+                        None
+                    }
+                }
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -190,6 +273,7 @@ impl CachePolicy {
             .to_string();
         Ok(CachePolicy {
             scope: CacheScope::of(&ctx.state, &route),
+            redis,
             route,
             statuses,
             statuses_strict,
@@ -581,12 +665,55 @@ impl CachePolicy {
 
     /// Where the objects live, as the metrics' `storage` label says.
     pub fn storage_name(&self) -> &'static str {
-        "memory"
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
     }
 
-    /// The cache this route's objects live in.
+    /// The process's memory store (its lock coalesces misses for both storages).
     pub fn store(&self) -> &'static CacheStore {
         self.scope.store()
+    }
+
+    /// The storage Pingora reads and writes this route's objects in.
+    pub fn storage(&self) -> &'static (dyn Storage + Sync) {
+        match self.redis {
+            Some(r) => r,
+            None => &self.store().storage,
+        }
+    }
+
+    /// The memory store's LRU budget; none for Redis, whose writes keep their own budget
+    /// (an eviction here would delete the object for every instance).
+    pub fn eviction(&self) -> Option<&'static (dyn EvictionManager + Sync)> {
+        match self.redis {
+            Some(_) => None,
+            None => Some(self.store().eviction()),
+        }
+    }
+
+    /// Drop every stored variant of these URLs; `Err` when the storage could not be reached.
+    pub async fn purge_urls(&self, urls: &[HashBinary]) -> Result<usize, String> {
+        match self.redis {
+            Some(r) => {
+                let mut n = 0;
+                for u in urls {
+                    n += r.purge_url(u).await?;
+                }
+                Ok(n)
+            }
+            None => Ok(urls.iter().map(|u| self.store().storage.purge_url(u)).sum()),
+        }
+    }
+
+    /// Drop the objects `route` stored (only those of `path`, when given).
+    pub async fn purge_route(&self, route: &str, path: Option<&str>) -> Result<usize, String> {
+        match self.redis {
+            Some(r) => r.purge_route(route, path).await,
+            None => Ok(self.store().storage.purge_route(route, path)),
+        }
     }
 }
 

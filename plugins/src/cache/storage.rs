@@ -271,7 +271,8 @@ impl HandleHit for Hit {
         if start >= len && len > 0 {
             return Error::e_explain(ErrorType::InternalError, "seek start out of range");
         }
-        self.range = (start, end.map_or(len, |e| (e + 1).min(len)));
+        // Pingora passes the end exclusive (a `Range<usize>`'s end).
+        self.range = (start, end.map_or(len, |e| e.min(len)));
         Ok(())
     }
 
