@@ -8,7 +8,7 @@
 //!
 //! HTTP/2 responses keep Pingora's `Date` (its HPACK writer cannot be reached).
 
-use http::header::{HeaderName, DATE};
+use http::header::{HeaderName, HeaderValue, DATE};
 use pingora::http::ResponseHeader;
 use std::time::SystemTime;
 
@@ -45,14 +45,22 @@ impl OriginDate {
         if value == pingora::protocols::http::date::get_cached_date() {
             return;
         }
-        let Some(date) = value
-            .to_str()
-            .ok()
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-        else {
-            return;
+        let carried = if is_imf_fixdate(value.as_bytes()) {
+            value.clone()
+        } else {
+            let Some(date) = value
+                .to_str()
+                .ok()
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+            else {
+                return;
+            };
+            match HeaderValue::from_str(&fmt(date)) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
         };
-        let _ = resp.insert_header(self.name.clone(), fmt(date));
+        let _ = resp.insert_header(self.name.clone(), carried);
     }
 
     /// A response head as written by Pingora, with the marker's value as its `Date` and
@@ -61,61 +69,66 @@ impl OriginDate {
         if !buf.starts_with(b"HTTP/1.") {
             return None;
         }
-        let end = find(buf, b"\r\n\r\n")? + 4;
-        let head = &buf[..end];
+        // Pingora writes the marker's name as given (lower case) at the start of a line.
         let marker = self.name.as_str().as_bytes();
-        find_ignore_case(head, marker)?;
-        let mut value: Option<&[u8]> = None;
-        let mut lines: Vec<&[u8]> = Vec::new();
-        for line in head[..end - 2].split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                continue;
-            }
-            match line.iter().position(|b| *b == b':') {
-                Some(colon) if line[..colon].eq_ignore_ascii_case(marker) => {
-                    value = Some(trim(&line[colon + 1..]));
-                }
-                _ => lines.push(line),
-            }
+        let at = memchr::memmem::find(buf, marker)?;
+        let end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+        if at >= end || buf.get(at.wrapping_sub(2)..at) != Some(b"\r\n") {
+            return None;
         }
-        let value = value?;
+        let line_end = at + memchr::memmem::find(&buf[at..end], b"\r\n")?;
+        let value = trim(buf[at..line_end].get(marker.len() + 1..)?);
+        // The Date line Pingora wrote (exactly one: it inserts its own).
+        let date_at = find_header_line(&buf[..end], b"date")?;
+        let date_end = date_at + memchr::memmem::find(&buf[date_at..end], b"\r\n")?;
         let mut out = Vec::with_capacity(buf.len());
-        let mut dated = false;
-        for line in lines {
-            let is_date = line
-                .iter()
-                .position(|b| *b == b':')
-                .is_some_and(|c| line[..c].eq_ignore_ascii_case(b"date"));
-            if is_date {
-                if dated {
-                    continue;
-                }
-                dated = true;
-                out.extend_from_slice(b"Date: ");
-                out.extend_from_slice(value);
-            } else {
-                out.extend_from_slice(line);
-            }
-            out.extend_from_slice(b"\r\n");
+        let (first, second) = if date_at < at {
+            ((date_at, date_end), (at, line_end + 2))
+        } else {
+            ((at, line_end + 2), (date_at, date_end))
+        };
+        out.extend_from_slice(&buf[..first.0]);
+        if first.0 == date_at {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(value);
         }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&buf[end..]);
+        out.extend_from_slice(&buf[first.1..second.0]);
+        if second.0 == date_at {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(&buf[second.1..]);
         Some(out)
     }
 }
 
+/// Is `v` an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP requires?
+fn is_imf_fixdate(v: &[u8]) -> bool {
+    v.len() == 29
+        && v.ends_with(b" GMT")
+        && v[3] == b','
+        && httpdate::parse_http_date(std::str::from_utf8(v).unwrap_or("")).is_ok()
+}
+
+/// Where the line of header `name` (any case) starts in `head`.
+fn find_header_line(head: &[u8], name: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&head[from..], b"\r\n") {
+        let start = from + i + 2;
+        let line = &head[start..];
+        if line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':'
+        {
+            return Some(start);
+        }
+        from = start;
+    }
+    None
+}
+
 fn fmt(t: SystemTime) -> String {
     httpdate::fmt_http_date(t)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn find_ignore_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len())
-        .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -149,6 +162,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: keep-alive\r\n\r\nok"
+        );
+    }
+
+    #[test]
+    fn the_marker_may_come_before_the_date() {
+        let od = OriginDate::new();
+        let marker = od.name.as_str().to_string();
+        let written = format!(
+            "HTTP/1.1 200 OK\r\n{marker}: Sun, 06 Nov 1994 08:49:37 GMT\r\nx-a: 1\r\ndate: Tue, 01 Dec 2026 21:00:00 GMT\r\n\r\n"
+        );
+        let out = od.rewrite_head(written.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
         );
     }
 
