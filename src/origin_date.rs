@@ -16,6 +16,8 @@ use std::time::SystemTime;
 #[derive(Debug)]
 pub struct OriginDate {
     name: HeaderName,
+    /// A searcher for the marker's name, built once (building one costs more than a search).
+    finder: memchr::memmem::Finder<'static>,
 }
 
 impl Default for OriginDate {
@@ -31,7 +33,8 @@ impl OriginDate {
         let name = format!("x-tollgate-origin-date-{}", secret.as_str()).to_ascii_lowercase();
         let name = HeaderName::from_bytes(name.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-tollgate-origin-date"));
-        OriginDate { name }
+        let finder = memchr::memmem::Finder::new(name.as_str().as_bytes()).into_owned();
+        OriginDate { name, finder }
     }
 
     /// Before an HTTP/1 response head is written: carry its `Date` (made canonical, an
@@ -71,16 +74,16 @@ impl OriginDate {
         }
         // Pingora writes the marker's name as given (lower case) at the start of a line.
         let marker = self.name.as_str().as_bytes();
-        let at = memchr::memmem::find(buf, marker)?;
-        let end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+        let at = self.finder.find(buf)?;
+        let end = head_end(buf)?;
         if at >= end || buf.get(at.wrapping_sub(2)..at) != Some(b"\r\n") {
             return None;
         }
-        let line_end = at + memchr::memmem::find(&buf[at..end], b"\r\n")?;
+        let line_end = at + crlf(&buf[at..end])?;
         let value = trim(buf[at..line_end].get(marker.len() + 1..)?);
         // The Date line Pingora wrote (exactly one: it inserts its own).
         let date_at = find_header_line(&buf[..end], b"date")?;
-        let date_end = date_at + memchr::memmem::find(&buf[date_at..end], b"\r\n")?;
+        let date_end = date_at + crlf(&buf[date_at..end])?;
         let mut out = Vec::with_capacity(buf.len());
         let (first, second) = if date_at < at {
             ((date_at, date_end), (at, line_end + 2))
@@ -110,10 +113,34 @@ fn is_imf_fixdate(v: &[u8]) -> bool {
         && httpdate::parse_http_date(std::str::from_utf8(v).unwrap_or("")).is_ok()
 }
 
+/// Where the first `\r\n` of `b` is.
+fn crlf(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let i = from + memchr::memchr(b'\r', &b[from..])?;
+        if b.get(i + 1) == Some(&b'\n') {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+}
+
+/// Where the head in `buf` ends (just after its empty line).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let i = from + crlf(&buf[from..])?;
+        if buf.get(i + 2..i + 4) == Some(b"\r\n") {
+            return Some(i + 4);
+        }
+        from = i + 2;
+    }
+}
+
 /// Where the line of header `name` (any case) starts in `head`.
 fn find_header_line(head: &[u8], name: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&head[from..], b"\r\n") {
+    while let Some(i) = crlf(&head[from..]) {
         let start = from + i + 2;
         let line = &head[start..];
         if line.len() > name.len()

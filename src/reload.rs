@@ -229,9 +229,9 @@ impl BackgroundService for Reloader {
 
 /// Watch what can change the config at `path`: its directory (editors replace files, and a
 /// Kubernetes ConfigMap swaps the `..data` symlink there), the directory of the file it
-/// points to when it is a symlink, and the same for `files` (certificates). Any event there is signalled; the reloader then
-/// decides by the file's content whether anything changed, so the events need no
-/// filtering and a swapped symlink is seen like an edited file.
+/// points to when it is a symlink, and the same for `files` (certificates). An event on one of
+/// those names (or a `..` name) is signalled; the reloader then decides by the files'
+/// content whether anything changed, so a swapped symlink is seen like an edited file.
 fn watch_file(
     path: &Path,
     files: &[PathBuf],
@@ -251,8 +251,31 @@ fn watch_file(
             }
         }
     }
+    // Only events on these names can change the config (an access log written in the same
+    // directory must not make the reloader read and hash the config on every write); names
+    // starting with `..` are a Kubernetes ConfigMap's `..data` and its timestamped dirs.
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for p in std::iter::once(path).chain(files.iter().map(PathBuf::as_path)) {
+        let resolved = std::fs::canonicalize(p).ok();
+        for n in [p.file_name(), resolved.as_deref().and_then(Path::file_name)]
+            .into_iter()
+            .flatten()
+        {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_os_string());
+            }
+        }
+    }
+    let relevant = move |e: &notify::Event| {
+        !matches!(e.kind, notify::EventKind::Access(_))
+            && e.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    names.iter().any(|x| x == n) || n.as_encoded_bytes().starts_with(b"..")
+                })
+            })
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.as_ref().is_ok_and(&relevant) {
             let _ = tx.send(());
         }
     })
