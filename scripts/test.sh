@@ -21,3 +21,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# Fresh cache hits have a fast path; the cache tests also run with every request on the full
+# RFC 9111 path.
+TOLLGATE_CACHE_FAST_HITS=0 cargo test --locked --test cache --test cache_rfc "$@"

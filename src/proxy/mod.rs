@@ -273,6 +273,14 @@ impl ProxyHttp for Gateway {
             }
             let use_ = policy.request_use(req);
             ctx.cache_use = Some(use_);
+            if use_ == RequestUse::Cache {
+                let target = ctx.upstream.as_ref().map_or("", |u| &*u.name);
+                if let Some(copy) = policy.fresh_hit(req, &ctx.req, target) {
+                    let policy = policy.clone();
+                    self.serve_fresh(session, ctx, &copy, &policy).await?;
+                    return Ok(true);
+                }
+            }
             if use_ == RequestUse::CacheBody && ctx.body_hash.is_none() {
                 let bytes = match ctx.body.clone() {
                     Some(b) => b,

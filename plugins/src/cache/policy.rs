@@ -4,7 +4,7 @@
 
 use super::freshness::{self, Lifetime};
 use super::redis_storage::{RedisCacheConfig, RedisStorage};
-use super::storage::{CacheScope, CacheStore, KeyOrigin, Origin};
+use super::storage::{CacheScope, CacheStore, FreshCopy, KeyOrigin, Origin};
 use crate::build_ctx::BuildCtx;
 use crate::config_error::{parse_config_all, ConfigError};
 use crate::context::RequestCtx;
@@ -81,6 +81,12 @@ struct RedisSection {
     max_bytes: u64,
 }
 
+/// `true`, unless the environment says `TOLLGATE_CACHE_FAST_HITS=0` (the test suite runs
+/// the cache tests both ways).
+fn default_fast_hits() -> bool {
+    std::env::var("TOLLGATE_CACHE_FAST_HITS").map_or(true, |v| v != "0")
+}
+
 fn default_redis_timeout() -> u64 {
     100
 }
@@ -94,6 +100,9 @@ fn default_redis_max_bytes() -> u64 {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct CacheConfig {
+    /// Serve fresh hits without Pingora's cache phases.
+    #[serde(default = "default_fast_hits")]
+    fast_hits: bool,
     #[serde(default)]
     storage: StorageKind,
     #[serde(default)]
@@ -143,6 +152,8 @@ fn default_lock_timeout() -> u64 {
 pub struct CachePolicy {
     /// The route's objects in the process's cache.
     scope: Arc<CacheScope>,
+    /// `fast_hits`.
+    fast_hits: bool,
     /// With `storage = "redis"`: the shared storage (the memory store then only lends its
     /// cache lock).
     redis: Option<&'static RedisStorage>,
@@ -273,6 +284,7 @@ impl CachePolicy {
             .to_string();
         Ok(CachePolicy {
             scope: CacheScope::of(&ctx.state, &route),
+            fast_hits: cfg.fast_hits,
             redis,
             route,
             statuses,
@@ -455,6 +467,25 @@ impl CachePolicy {
         target: &str,
         body_hash: Option<&[u8; 32]>,
     ) -> CacheKey {
+        let (s, url_len) = self.key_text(req, ctx, target, body_hash);
+        let url = hash_key(&s[..url_len]);
+        let mut key = CacheKey::new(s, ctx.route.to_string());
+        key.extensions.insert(KeyOrigin(Origin {
+            route: ctx.route.to_string(),
+            url,
+            path: req.uri.path().to_string(),
+        }));
+        key
+    }
+
+    /// The primary key's text, and the length of its URL part (what purges go by).
+    fn key_text(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        target: &str,
+        body_hash: Option<&[u8; 32]>,
+    ) -> (String, usize) {
         let mut s = String::with_capacity(160);
         self.push_url(
             &mut s,
@@ -462,7 +493,7 @@ impl CachePolicy {
             req.uri.path(),
             req.uri.query(),
         );
-        let url = hash_key(&s);
+        let url_len = s.len();
         s.push('\0');
         s.push_str(&ctx.route);
         s.push('\0');
@@ -491,13 +522,44 @@ impl CachePolicy {
                 s.push_str(&format!("{b:02x}"));
             }
         }
-        let mut key = CacheKey::new(s, ctx.route.to_string());
-        key.extensions.insert(KeyOrigin(Origin {
-            route: ctx.route.to_string(),
-            url,
-            path: req.uri.path().to_string(),
-        }));
-        key
+        (s, url_len)
+    }
+
+    /// A fresh stored answer this request can be served from at once, without Pingora's
+    /// cache phases: memory storage, a plain `GET`/`HEAD` (no range, no condition, no
+    /// request cache directives, which the full path handles) and an object without
+    /// variants that is fresh now. Everything else (misses, stale objects, revalidation,
+    /// ranges, `Vary`) takes the full RFC 9111 path.
+    pub fn fresh_hit(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        target: &str,
+    ) -> Option<Arc<FreshCopy>> {
+        if !self.fast_hits
+            || self.redis.is_some()
+            || self.key_body
+            || !matches!(req.method, Method::GET | Method::HEAD)
+        {
+            return None;
+        }
+        const FULL_PATH: [HeaderName; 8] = [
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::CACHE_CONTROL,
+            header::PRAGMA,
+        ];
+        if FULL_PATH.iter().any(|h| req.headers.contains_key(h)) {
+            return None;
+        }
+        let (s, _) = self.key_text(req, ctx, target, None);
+        self.store()
+            .storage
+            .fresh_copy(&hash_key(&s), SystemTime::now())
     }
 
     /// Decide whether (and for how long) a response may be stored, as a shared cache

@@ -17,12 +17,13 @@ use pingora::cache::lock::CacheLock;
 use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 const SHARDS: usize = 16;
 
@@ -46,6 +47,32 @@ struct Object {
     body: Bytes,
     origin: Option<Origin>,
     compact: CompactCacheKey,
+    /// The object ready to serve as a fresh hit without Pingora's cache phases.
+    fresh: Option<Arc<FreshCopy>>,
+}
+
+/// A stored response as a fresh hit needs it: the head (without `Age`), the body, and when
+/// its freshness ends and its age began. Only objects without variants (no `Vary`) have
+/// one, so the key alone finds the right copy.
+#[derive(Debug)]
+pub struct FreshCopy {
+    /// The stored response head.
+    pub header: ResponseHeader,
+    /// The stored body.
+    pub body: Bytes,
+    /// Fresh strictly before this instant.
+    pub fresh_until: SystemTime,
+    /// Its age counts from here (the arrival age included).
+    pub epoch: SystemTime,
+}
+
+/// The head and timing of `meta`, when its object can be a fast fresh hit.
+fn fresh_parts(meta: &CacheMeta) -> Option<(ResponseHeader, SystemTime, SystemTime)> {
+    let header = meta.response_header();
+    if meta.variance().is_some() || header.headers.contains_key(http::header::VARY) {
+        return None;
+    }
+    Some((header.clone(), meta.fresh_until(), meta.epoch()))
 }
 
 impl Object {
@@ -209,6 +236,20 @@ impl MemStorage {
         n
     }
 
+    /// The fresh copy stored under `key` (a key without variance), if it is fresh at `now`;
+    /// counts as a use for the LRU budget, as a hit through Pingora's phases does.
+    pub fn fresh_copy(&self, key: &HashBinary, now: SystemTime) -> Option<Arc<FreshCopy>> {
+        let (copy, compact, size) = {
+            let shard = read(self.shard(key));
+            let o = shard.get(key)?;
+            let copy = o.fresh.as_ref().filter(|f| now < f.fresh_until)?.clone();
+            (copy, o.compact.clone(), o.body.len())
+        };
+        let entry = CacheEntryKey::key_only(compact);
+        self.eviction.access(&entry, size, copy.fresh_until);
+        Some(copy)
+    }
+
     /// Purge every variant of one URL (unsafe methods, `PURGE`, admin by URL).
     pub fn purge_url(&self, url: &HashBinary) -> usize {
         let keys: Vec<HashBinary> = read(&self.by_url)
@@ -294,6 +335,7 @@ struct Miss {
     combined: HashBinary,
     compact: CompactCacheKey,
     meta: (Vec<u8>, Vec<u8>),
+    fresh: Option<(ResponseHeader, SystemTime, SystemTime)>,
     origin: Option<Origin>,
     body: Vec<u8>,
 }
@@ -306,11 +348,21 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let body = Bytes::from(self.body);
+        let fresh = self.fresh.map(|(header, fresh_until, epoch)| {
+            Arc::new(FreshCopy {
+                header,
+                body: body.clone(),
+                fresh_until,
+                epoch,
+            })
+        });
         let obj = Object {
             meta: self.meta,
-            body: Bytes::from(self.body),
+            body,
             origin: self.origin,
             compact: self.compact,
+            fresh,
         };
         let size = obj.size();
         self.storage.insert(self.combined, obj);
@@ -355,6 +407,7 @@ impl Storage for MemStorage {
             combined: key.combined_bin(),
             compact: key.to_compact(),
             meta: meta.serialize()?,
+            fresh: fresh_parts(meta),
             origin: key.extensions.get::<KeyOrigin>().map(|o| o.0.clone()),
             body: Vec::new(),
         }))
@@ -395,6 +448,14 @@ impl Storage for MemStorage {
             Some(o) => {
                 let before = o.size();
                 o.meta = serialized;
+                o.fresh = fresh_parts(meta).map(|(header, fresh_until, epoch)| {
+                    Arc::new(FreshCopy {
+                        header,
+                        body: o.body.clone(),
+                        fresh_until,
+                        epoch,
+                    })
+                });
                 let after = o.size();
                 self.bytes.fetch_add(after, Ordering::Relaxed);
                 self.bytes.fetch_sub(before, Ordering::Relaxed);
