@@ -16,14 +16,14 @@ use crate::config_error::{parse_config, ConfigError};
 use http::HeaderValue;
 use jwt_key::{JwtKey, JwtKeySpec};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// A stored API key.
 struct KeyEntry {
-    digest: [u8; 32],
+    key: Box<[u8]>,
     consumer: Arc<Consumer>,
     credential: HeaderValue,
 }
@@ -42,7 +42,10 @@ pub struct BasicEntry {
 #[derive(Default)]
 pub struct Consumers {
     by_name: HashMap<String, Arc<Consumer>>,
-    keys: HashMap<[u8; 32], KeyEntry>,
+    /// API keys by a SipHash of the key under a random key of this config (so clients can
+    /// neither predict nor collide the buckets); the key itself is compared in constant time.
+    keys: HashMap<u64, Vec<KeyEntry>>,
+    key_hasher: RandomState,
     basic: HashMap<String, BasicEntry>,
     jwt: HashMap<String, JwtKey>,
 }
@@ -88,11 +91,6 @@ fn header_value(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> HeaderVal
         ));
         HeaderValue::from_static("")
     })
-}
-
-/// SHA-256 of a presented or stored API key.
-pub fn key_digest(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
 }
 
 impl Consumers {
@@ -171,8 +169,10 @@ impl Consumers {
                     ));
                     continue;
                 }
-                let digest = key_digest(key.as_bytes());
-                if out.keys.contains_key(&digest) {
+                let slot = out.key_hasher.hash_one(key.as_bytes());
+                if out.keys.get(&slot).is_some_and(|v| {
+                    v.iter().any(|e| e.key.as_ref() == key.as_bytes())
+                }) {
                     // Never print the key: it is a secret.
                     errors.push(ConfigError::new(
                         &kat,
@@ -181,14 +181,11 @@ impl Consumers {
                     continue;
                 }
                 let credential = header_value(&cred_id, &kat, &mut errors);
-                out.keys.insert(
-                    digest,
-                    KeyEntry {
-                        digest,
-                        consumer: consumer.clone(),
-                        credential,
-                    },
-                );
+                out.keys.entry(slot).or_default().push(KeyEntry {
+                    key: key.as_bytes().into(),
+                    consumer: consumer.clone(),
+                    credential,
+                });
             }
             if let Some(b) = &sec.basic_auth {
                 let bat = format!("{at}.basic_auth");
@@ -258,19 +255,17 @@ impl Consumers {
 
     /// The identity of an API key, comparing digests in constant time.
     pub fn by_key(&self, presented: &[u8]) -> Option<Identity> {
-        let digest = key_digest(presented);
-        let entry = self.keys.get(&digest)?;
-        // The map lookup compares digests of the key, never the key; the final check is
-        // constant-time anyway.
-        if entry.digest.ct_eq(&digest).into() {
-            Some(Identity {
-                consumer: entry.consumer.clone(),
-                credential: Some(entry.credential.clone()),
-                anonymous: false,
-            })
-        } else {
-            None
-        }
+        // The map is keyed by a secret-keyed hash, never by the key; the keys in the bucket
+        // (one, but for a 2^-64 chance) are compared in constant time.
+        let entries = self.keys.get(&self.key_hasher.hash_one(presented))?;
+        let entry = entries
+            .iter()
+            .find(|e| e.key.len() == presented.len() && bool::from(e.key.ct_eq(presented)))?;
+        Some(Identity {
+            consumer: entry.consumer.clone(),
+            credential: Some(entry.credential.clone()),
+            anonymous: false,
+        })
     }
 
     /// A basic-auth user by name.
