@@ -2,10 +2,14 @@
 """Benchmark driver for tollgate (stdlib only). Normally started by bench/run.sh, which builds
 the binaries first and bounds the whole run in time.
 
-Starts an nginx upstream, the reference proxies (nginx, the bare Pingora "floor") and
-tollgate, all on free 127.0.0.1 ports, then runs wrk against every target in interleaved
-rounds and prints / writes a table. Every process it starts is recorded in $BENCH_TMP/pids
-(run.sh's EXIT trap kills those too) and killed on exit.
+Starts an nginx upstream, the reference proxies (nginx, the bare Pingora "floor"), a
+redis-server (no persistence; for the scenarios that use Redis, left out with a message when it
+is not installed) and tollgate, all on free 127.0.0.1 ports, then runs wrk against every target
+in interleaved rounds and prints / writes a table. One probe request before and after every run
+must answer as at start-up (a cache target: X-Cache-Status HIT); for the Redis cache target,
+Redis's counters must show one lookup per request and no miss (see redis_hit_check). Every
+process it starts is recorded in $BENCH_TMP/pids (run.sh's EXIT trap kills those too) and
+killed on exit.
 
 Environment:
   DURATION   wrk duration per run          (default 10s)
@@ -23,6 +27,7 @@ Environment:
                           on its own port; every tollgate scenario runs against both, in the
                           same rounds, and the report adds new/baseline ratios
   NGINX_LUA=0             leave out the nginx + Lua reference even when the module is installed
+  REDIS_CACHE_TIMEOUT_MS  `timeout_ms` of the Redis cache scenario (default 100)
 """
 
 import datetime
@@ -70,6 +75,16 @@ class Scenario:
     expect: dict = field(default_factory=dict)
     config: str = ""
     route: str = ""
+    # The scenario's cache answers from Redis: every measured run also checks, on Redis's side,
+    # that each request was one hit (see redis_hit_check).
+    redis_hits: bool = False
+    # Left out (with a note) for a tollgate build that rejects it, e.g. a BASELINE older than
+    # the feature, instead of failing the whole config.
+    optional: bool = False
+
+    @property
+    def needs_redis(self):
+        return "{REDIS_PORT}" in self.plugins + self.config + self.route
 
 
 SCENARIOS = [
@@ -87,6 +102,10 @@ SCENARIOS = [
     # (+ metrics; the access log too with TOLLGATE_ACCESS_LOG=1).
     Scenario("fullchain", "/fullchain/hello", True, '"key_auth", { name = "rate_limit", limit_by = "consumer", second = 1000000000 }, { name = "headers", response = { set = { "x-served-by" = "tollgate" } } }', headers={"apikey": "bench-key-0001"}, expect={"x-served-by": "tollgate"}),
     Scenario("cachehit", "/cachehit/hello", True, '{ name = "cache", default_ttl_seconds = 3600 }', expect={"x-cache-status": "HIT"}),
+    # The same cache with its objects in the bench's Redis (storage = "redis", since 132b0cb);
+    # timeout_ms 100 (instr.py: 1000, see REDIS_CACHE_TIMEOUT_MS).
+    Scenario("cachehit_redis", "/cachehit_redis/hello", True, '{ name = "cache", default_ttl_seconds = 3600, storage = "redis", redis = { url = "redis://127.0.0.1:{REDIS_PORT}", timeout_ms = {REDIS_CACHE_TIMEOUT_MS}, prefix = "tollgate:cache", max_bytes = 268435456 } }',
+             expect={"x-cache-status": "HIT"}, redis_hits=True, optional=True),
 ]
 
 # Consumers for the auth scenarios: an API key, an HS256 secret and an RS256 key (the test
@@ -297,6 +316,7 @@ class Target:
     headers: dict = field(default_factory=dict)
     expect: dict = field(default_factory=dict)
     base_of: str = ""  # for a baseline tollgate target: the name of the same scenario on the new binary
+    redis_hits: bool = False  # its answers must be Redis cache hits (checked on Redis's side every run)
 
     @property
     def url(self):
@@ -487,7 +507,7 @@ def start_nginx(name, body, modules="", argv_prefix=(), master=True):
     return start(name, [*argv_prefix, "nginx", "-p", TMP, "-e", os.path.join(TMP, f"{name}-error.log"), "-c", conf])
 
 
-def tollgate_config(port, upstream_port, state_files=True, tag="tollgate"):
+def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=()):
     lines = [
         "# written by bench/run.py",
         "[server]",
@@ -508,37 +528,55 @@ def tollgate_config(port, upstream_port, state_files=True, tag="tollgate"):
         'name = "origin"',
         f'backends = ["127.0.0.1:{upstream_port}"]',
     ]
-    for s in SCENARIOS:
+    scenarios = [s for s in SCENARIOS if s.name not in skip]
+    for s in scenarios:
         lines += ["", "[[routes]]", f'name = "{s.name}"', f'paths = ["/{s.name}"]']
         if s.proxied:
             lines += ['upstream = "origin"', "strip_prefix = true"]
         lines.append(f"plugins = [{s.plugins}]")
         if s.route:
             lines.append(s.route)
-    for s in SCENARIOS:
+    for s in scenarios:
         if s.config:
             lines += ["", s.config]
     lines += [CONSUMERS]
-    return "\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT)) + "\n"
+    return ("\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT))
+            .replace("{REDIS_CACHE_TIMEOUT_MS}", str(REDIS_CACHE_TIMEOUT_MS)) + "\n")
 
 
 def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"):
     """Write the config and validate it with `tollgate check` (of `binary`, default
     TOLLGATE_BIN). Builds older than the pid_file / upgrade_sock settings reject those keys:
     then write it without them. `tag` names the pid file and upgrade socket, so two tollgate
-    processes (BASELINE) have the same config apart from the port and those two paths."""
+    processes (BASELINE) have the same config apart from the port and those two paths.
+    A build that rejects the config but accepts it without the `optional` scenarios (one older
+    than those features) runs without them: returns the names of the scenarios left out."""
     binary = binary or TOLLGATE_BIN
-    for state_files in (True, False):
-        with open(path, "w") as f:
-            f.write(tollgate_config(port, upstream_port, state_files, tag))
-        r = subprocess.run([binary, "check", "-c", path], capture_output=True, text=True, timeout=30)
-        if r.returncode == 0:
-            if not state_files:
-                log("  note: this tollgate build has no pid_file/upgrade_sock settings; it uses its defaults in /tmp")
-            return
-        if not state_files or not re.search(r"pid_file|upgrade_sock", r.stdout + r.stderr):
-            break
-    sys.exit(f"tollgate rejected the bench config {path}:\n{r.stdout}{r.stderr}")
+
+    def check(skip):
+        for state_files in (True, False):
+            with open(path, "w") as f:
+                f.write(tollgate_config(port, upstream_port, state_files, tag, skip))
+            r = subprocess.run([binary, "check", "-c", path], capture_output=True, text=True, timeout=30)
+            if r.returncode == 0:
+                if not state_files:
+                    log("  note: this tollgate build has no pid_file/upgrade_sock settings; it uses its defaults in /tmp")
+                return None
+            if not re.search(r"pid_file|upgrade_sock", r.stdout + r.stderr):
+                break
+        return r
+
+    full = check(())
+    if full is None:
+        return set()
+    optional = tuple(s.name for s in SCENARIOS if s.optional)
+    if optional and check(optional) is None:
+        why = ((full.stdout + full.stderr).strip().splitlines() or ["?"])[-1].strip()
+        log(f"  note: {binary} rejects the scenario(s) {', '.join(optional)} (a build older than them?), "
+            f"left out for it: {why}")
+        return set(optional)
+    check(())  # leave the full config in place for inspection
+    sys.exit(f"tollgate rejected the bench config {path}:\n{full.stdout}{full.stderr}")
 
 
 def http_get(port, path, headers):
@@ -551,32 +589,123 @@ def http_get(port, path, headers):
         c.close()
 
 
+def answer_problem(t):
+    """None when one request to the target answers 200, `hello` and the expected headers;
+    otherwise what was wrong."""
+    try:
+        status, body, hdrs = http_get(t.port, t.path, t.headers)
+    except OSError as e:
+        return str(e)
+    if status != 200:
+        return f"status {status}: {body[:200]!r}"
+    if body.strip() != BODY:
+        sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {BODY!r}")
+    wrong = [(k, hdrs.get(k), v) for k, v in t.expect.items() if hdrs.get(k) != v]
+    return f"response headers {wrong} (got, expected)" if wrong else None
+
+
 def wait_ready(t, timeout=20):
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
         if t.proc.poll() is not None:
             sys.exit(f"{t.name}: process exited with {t.proc.returncode}; see {TMP}")
-        try:
-            status, body, hdrs = http_get(t.port, t.path, t.headers)
-            if status == 200:
-                if body.strip() != BODY:
-                    sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {BODY!r}")
-                wrong = [(k, hdrs.get(k), v) for k, v in t.expect.items() if hdrs.get(k) != v]
-                if not wrong:
-                    return
-                # e.g. a cache that answers MISS first and HIT from then on
-                last = f"response headers {wrong}"
-                time.sleep(0.1)
-                continue
-            last = f"status {status}: {body[:200]!r}"
-        except OSError as e:
-            last = str(e)
+        # e.g. a cache that answers MISS first and HIT from then on
+        last = answer_problem(t)
+        if last is None:
+            return
         time.sleep(0.1)
     sys.exit(f"{t.name}: {t.url} not ready after {timeout}s ({last}); see {TMP}")
 
 
+def probe(t, when):
+    """One request right before (or after) a measurement: it must answer as wait_ready
+    required (a cache target: X-Cache-Status HIT), else the run stops here."""
+    problem = answer_problem(t)
+    if problem:
+        sys.exit(f"{t.name}: probe {when} failed: {t.url}: {problem}; see {TMP}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: the bench's own redis-server (no persistence, 127.0.0.1), for the scenarios that use it.
+def start_redis():
+    """Start redis-server on REDIS_PORT and wait until it answers PING; returns the process.
+    Without redis-server, the scenarios that need it are left out of SCENARIOS (with a
+    message) and None is returned."""
+    global REDIS_PORT
+    import shutil
+    needing = [s.name for s in SCENARIOS if s.needs_redis]
+    if not needing:
+        return None
+    if not shutil.which("redis-server"):
+        log(f"  skipping the scenario(s) {', '.join(needing)}: redis-server not found "
+            "(Debian: apt-get install -y redis-server)")
+        SCENARIOS[:] = [s for s in SCENARIOS if not s.needs_redis]
+        return None
+    REDIS_PORT = REDIS_PORT or free_port()
+    p = start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    deadline = time.time() + 10
+    while True:
+        if p.poll() is not None:
+            sys.exit(f"redis-server exited with {p.returncode}; see {TMP}/redis.out")
+        try:
+            if redis_command("PING") == "PONG":
+                return p
+        except OSError:
+            pass
+        if time.time() > deadline:
+            sys.exit(f"redis-server on 127.0.0.1:{REDIS_PORT} does not answer PING after 10 s; see {TMP}/redis.out")
+        time.sleep(0.1)
+
+
+def redis_command(*args):
+    """One command to the bench's Redis (a minimal RESP client: simple string, integer or
+    bulk string replies)."""
+    with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=5) as s:
+        s.sendall(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+        f = s.makefile("rb")
+        line = f.readline().rstrip(b"\r\n")
+        kind, rest = line[:1], line[1:].decode()
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"$":
+            return f.read(int(rest) + 2)[:-2].decode()
+        raise OSError(f"redis: {line!r}")
+
+
+def redis_stats():
+    """Redis's counters that show what the cache did: scripts run (EVALSHA/EVAL calls; the
+    commands a script runs count separately), keyspace misses, and the server's CPU seconds."""
+    info = dict(l.split(":", 1) for l in redis_command("INFO", "all").splitlines() if ":" in l and not l.startswith("#"))
+    scripts = sum(int(re.search(r"calls=(\d+)", info[k]).group(1))
+                  for k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_evalsha_ro", "cmdstat_eval_ro") if k in info)
+    return {"scripts": scripts, "misses": int(info["keyspace_misses"]),
+            "cpu_s": float(info["used_cpu_sys"]) + float(info["used_cpu_user"])}
+
+
+def redis_hit_check(before, after, requests, in_flight):
+    """Whether `requests` answered between two redis_stats() were all Redis cache hits. A hit
+    is one script, the lookup (GET of the pointer, STRLEN and GETRANGE of the data key, all
+    found); a miss, or a lookup that timed out on tollgate's side, adds a write script, and a
+    missing object is a keyspace miss. `in_flight` = requests that may have been looked up
+    without being counted (wrk stops with requests in flight; 0 for instr.py's client).
+    Returns (scripts/request, problem or None)."""
+    scripts = after["scripts"] - before["scripts"]
+    misses = after["misses"] - before["misses"]
+    per_req = scripts / requests if requests else None
+    problems = []
+    if misses:
+        problems.append(f"{misses} keyspace misses")
+    if not requests <= scripts <= requests + in_flight:
+        problems.append(f"{scripts} Redis scripts for {requests} requests (one lookup per hit expected"
+                        + (f", up to {in_flight} more for requests in flight" if in_flight else "") + ")")
+    return per_req, "; ".join(problems) or None
+
+
 REDIS_PORT = 0
+# The Redis cache scenario's `timeout_ms`. instr.py raises it: under callgrind tollgate runs
+# tens of times slower while the timeout is wall-clock, and a lookup that times out is a miss.
+REDIS_CACHE_TIMEOUT_MS = int(os.environ.get("REDIS_CACHE_TIMEOUT_MS", "100"))
 
 
 # The references' target names (instr.py uses the same ones).
@@ -605,7 +734,7 @@ def start_targets():
     global REDIS_PORT
     up_port, ngx_port, cache_port, lua_port, floor_port, tg_port, base_port, REDIS_PORT = (free_port() for _ in range(8))
     log("starting processes")
-    start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    start_redis()
     prepare_scenarios()
     up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
@@ -617,12 +746,12 @@ def start_targets():
         log(f"  skipping the nginx+lua reference: {LUA_MISSING}")
     floor = start("floor", [FLOOR_BIN, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}", TMP])
     cfg = os.path.join(TMP, "tollgate.toml")
-    write_tollgate_config(cfg, tg_port, up_port)
+    tg_skip = write_tollgate_config(cfg, tg_port, up_port)
     tg = start("tollgate", [TOLLGATE_BIN, "run", "-c", cfg])
-    base = None
+    base, base_skip = None, set()
     if BASELINE_BIN:
         base_cfg = os.path.join(TMP, "tollgate-base.toml")
-        write_tollgate_config(base_cfg, base_port, up_port, BASELINE_BIN, "tollgate-base")
+        base_skip = write_tollgate_config(base_cfg, base_port, up_port, BASELINE_BIN, "tollgate-base")
         base = start(f"tollgate-base", [BASELINE_BIN, "run", "-c", base_cfg])
 
     targets = [
@@ -634,10 +763,13 @@ def start_targets():
         targets.append(Target(NGINX_LUA, lua_port, "/hello", lua, [], LUA_HEADERS, LUA_EXPECT))
     targets.append(Target("pingora floor", floor_port, "/hello", floor, [floor.pid]))
     for s in SCENARIOS:
-        targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect))
-        if base:
+        if s.name not in tg_skip:
+            targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect,
+                                  redis_hits=s.redis_hits))
+        if base and s.name not in base_skip:
             targets.append(Target(baseline_name(s), base_port, s.path, base, [base.pid], s.headers, s.expect,
-                                  base_of=f"tollgate {s.path}"))
+                                  base_of=f"tollgate {s.path}" if s.name not in tg_skip else "",
+                                  redis_hits=s.redis_hits))
     for t in targets:
         wait_ready(t)
     # nginx: measure master + worker(s); the workers exist once the port answers.
@@ -714,6 +846,8 @@ def run_wrk(t, conns, duration, raw_name=None):
             stop.wait(0.25)
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
+    probe(t, "before the run")
+    redis0 = redis_stats() if t.redis_hits else None
     own0, busy0, t0 = own_cpu(), busy_seconds(), time.time()
     cpu0 = cpu_by_pid(t.pids)
     sampler.start()
@@ -739,6 +873,13 @@ def run_wrk(t, conns, duration, raw_name=None):
     # CPU used by processes this bench did not start (another build, a test suite...), in % of
     # one core: when it is not near 0, the run shared the machine and its numbers are suspect.
     r["other_cpu_pct"] = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0) * 100)
+    if redis0:
+        redis1 = redis_stats()
+        r["redis_cmds_per_req"], r["redis_problem"] = redis_hit_check(redis0, redis1, r["requests"], conns)
+        r["redis_cpu_per_10k"] = (redis1["cpu_s"] - redis0["cpu_s"]) / r["requests"] * 10000 if r["requests"] else None
+        if r["redis_problem"]:
+            log(f"  ERROR {t.name} -c{conns}: not every request was a Redis cache hit: {r['redis_problem']}")
+    probe(t, "after the run")
     return r
 
 
@@ -852,6 +993,32 @@ def ab_headers(rev):
             "per-round new/base [min–max] rounds",
             f"CPU s/10k {rev}", f"CPU s/10k {BASELINE_REV}", "CPU new/base", f"p99 ms {rev}",
             f"p99 ms {BASELINE_REV}", "errors"]
+
+
+REDIS_HEADERS = ["target", "conns", "Redis scripts/request (per round)", "Redis CPU s/10k req (median)", "not all hits"]
+
+
+def redis_report_rows(targets, results):
+    """For the Redis cache targets: what Redis saw in each measured round."""
+    rows = []
+    for conns in CONNS:
+        for t in targets:
+            rs = results.get((t.name, conns), [])
+            if not t.redis_hits or not rs:
+                continue
+            cpu = [r["redis_cpu_per_10k"] for r in rs if r.get("redis_cpu_per_10k") is not None]
+            bad = [f"round {i + 1}: {r['redis_problem']}" for i, r in enumerate(rs) if r.get("redis_problem")]
+            rows.append([t.name, str(conns), " / ".join(fmt(r.get("redis_cmds_per_req"), ".4f") for r in rs),
+                         fmt(statistics.median(cpu) if cpu else None, ".3f"), "; ".join(bad) or "none"])
+    return rows
+
+
+def redis_table(rows):
+    return ("A hit is one Redis script (the lookup: GET, STRLEN, GETRANGE); a miss or a lookup that timed out "
+            "adds a write script, a missing object a keyspace miss. wrk stops with up to `conns` requests in "
+            "flight, so up to conns/requests more than 1.0000 is expected. Redis CPU is the redis-server's own "
+            "(`used_cpu_sys + used_cpu_user`), not included in the table's CPU column.\n\n"
+            + md_table(rows, REDIS_HEADERS))
 
 
 HEADERS = ["target", "conns", "RPS (median)", "spread", "p50 ms", "p99 ms", "CPU s/10k req",
@@ -1021,6 +1188,13 @@ def main():
             md_table(ab, ab_headers(rev)),
             "",
         ]
+    redis_rows = redis_report_rows(targets, results)
+    if redis_rows:
+        text = redis_table(redis_rows)
+        print("Redis cache hits (checked on Redis's side every run)")
+        print(text_table(redis_rows, REDIS_HEADERS, None))
+        print()
+        md += ["## Redis cache hits", "", text, ""]
     if has_chart:
         md += [f"![requests/s]({stem}.png)", ""]
     md_path = os.path.join(results_dir, stem + ".md")
@@ -1034,6 +1208,9 @@ def main():
             "of a core (see the other CPU column): the machine was not quiet, those numbers are suspect")
     elif any(not s["used"].startswith(str(ROUNDS)) for s in summary.values()):
         log("note: some rounds were left out because other processes used the CPU (see the rounds column)")
+    if any(r.get("redis_problem") for rs in results.values() for r in rs):
+        log("ERROR: some runs of a Redis cache target were not all hits (see the Redis cache hits section)")
+        sys.exit(4)
 
 
 def time_bound():
