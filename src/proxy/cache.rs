@@ -128,13 +128,34 @@ pub fn set_status(
             let _ = resp.insert_header(header::AGE, meta.age().as_secs());
         }
     }
-    let _ = resp.insert_header("x-cache-status", x);
-    let _ = resp.insert_header("cache-status", rfc);
+    label(resp, x, rfc, policy, route);
+    invalidated
+}
+
+/// Put the cache status `x` (`X-Cache-Status`) and `rfc` (`Cache-Status`) on `resp` and
+/// count it.
+fn label(
+    resp: &mut ResponseHeader,
+    x: &'static str,
+    rfc: &'static str,
+    policy: &CachePolicy,
+    route: &str,
+) {
+    let _ = resp.insert_header("x-cache-status", HeaderValue::from_static(x));
+    let _ = resp.insert_header("cache-status", HeaderValue::from_static(rfc));
+    // The metric's label is the status in lower case.
+    let status = match x {
+        "HIT" => "hit",
+        "MISS" => "miss",
+        "EXPIRED" => "expired",
+        "STALE" => "stale",
+        "REVALIDATED" => "revalidated",
+        _ => "bypass",
+    };
     METRICS
         .cache_requests
-        .with_label_values(&[route, &x.to_ascii_lowercase(), policy.storage_name()])
+        .with_label_values(&[route, status, policy.storage_name()])
         .inc();
-    invalidated
 }
 
 /// Drop what an unsafe request invalidated. A storage failure is the storage's to count
@@ -178,12 +199,7 @@ impl super::Gateway {
             .duration_since(copy.epoch)
             .map_or(0, |d| d.as_secs());
         resp.insert_header(header::AGE, age)?;
-        resp.insert_header("x-cache-status", "HIT")?;
-        resp.insert_header("cache-status", "tollgate; hit")?;
-        METRICS
-            .cache_requests
-            .with_label_values(&[&ctx.req.route, "hit", policy.storage_name()])
-            .inc();
+        label(&mut resp, "HIT", "tollgate; hit", policy, &ctx.req.route);
         self.finish_header(&mut resp, ctx);
         if !session.is_http2() {
             self.origin_date.mark(&mut resp);

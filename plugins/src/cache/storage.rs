@@ -75,6 +75,21 @@ fn fresh_parts(meta: &CacheMeta) -> Option<(ResponseHeader, SystemTime, SystemTi
     Some((header.clone(), meta.fresh_until(), meta.epoch()))
 }
 
+/// The fresh copy of an object with this head and timing (from [`fresh_parts`]) and body.
+fn fresh_copy(
+    parts: Option<(ResponseHeader, SystemTime, SystemTime)>,
+    body: &Bytes,
+) -> Option<Arc<FreshCopy>> {
+    parts.map(|(header, fresh_until, epoch)| {
+        Arc::new(FreshCopy {
+            header,
+            body: body.clone(),
+            fresh_until,
+            epoch,
+        })
+    })
+}
+
 impl Object {
     fn size(&self) -> usize {
         self.meta.0.len() + self.meta.1.len() + self.body.len()
@@ -349,14 +364,7 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let body = Bytes::from(self.body);
-        let fresh = self.fresh.map(|(header, fresh_until, epoch)| {
-            Arc::new(FreshCopy {
-                header,
-                body: body.clone(),
-                fresh_until,
-                epoch,
-            })
-        });
+        let fresh = fresh_copy(self.fresh, &body);
         let obj = Object {
             meta: self.meta,
             body,
@@ -448,14 +456,7 @@ impl Storage for MemStorage {
             Some(o) => {
                 let before = o.size();
                 o.meta = serialized;
-                o.fresh = fresh_parts(meta).map(|(header, fresh_until, epoch)| {
-                    Arc::new(FreshCopy {
-                        header,
-                        body: o.body.clone(),
-                        fresh_until,
-                        epoch,
-                    })
-                });
+                o.fresh = fresh_copy(fresh_parts(meta), &o.body);
                 let after = o.size();
                 self.bytes.fetch_add(after, Ordering::Relaxed);
                 self.bytes.fetch_sub(before, Ordering::Relaxed);
