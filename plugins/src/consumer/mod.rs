@@ -170,9 +170,11 @@ impl Consumers {
                     continue;
                 }
                 let slot = out.key_hasher.hash_one(key.as_bytes());
-                if out.keys.get(&slot).is_some_and(|v| {
-                    v.iter().any(|e| e.key.as_ref() == key.as_bytes())
-                }) {
+                if out
+                    .keys
+                    .get(&slot)
+                    .is_some_and(|v| v.iter().any(|e| e.key.as_ref() == key.as_bytes()))
+                {
                     // Never print the key: it is a secret.
                     errors.push(ConfigError::new(
                         &kat,
