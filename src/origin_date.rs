@@ -66,6 +66,23 @@ impl OriginDate {
         let _ = resp.insert_header(self.name.clone(), carried);
     }
 
+    /// Like [`OriginDate::mark`], for a response made from a stored head whose `Date` was
+    /// `stored` and was made the IMF-fixdate `fixdate` when it was stored, so no parsing is
+    /// needed. When a response hook changed `Date` since, this is [`OriginDate::mark`].
+    pub fn carry(
+        &self,
+        resp: &mut ResponseHeader,
+        stored: Option<&HeaderValue>,
+        fixdate: &HeaderValue,
+    ) {
+        if resp.headers.get(DATE) != stored {
+            return self.mark(resp);
+        }
+        if fixdate != pingora::protocols::http::date::get_cached_date() {
+            let _ = resp.insert_header(self.name.clone(), fixdate.clone());
+        }
+    }
+
     /// A response head as written by Pingora, with the marker's value as its `Date` and
     /// without the marker; `None` when `buf` is not a marked response head.
     pub fn rewrite_head(&self, buf: &[u8]) -> Option<Vec<u8>> {

@@ -199,10 +199,20 @@ impl super::Gateway {
             .duration_since(copy.epoch)
             .map_or(0, |d| d.as_secs());
         resp.insert_header(header::AGE, age)?;
-        label(&mut resp, "HIT", "tollgate; hit", policy, &ctx.req.route);
+        // The stored copy already says HIT.
+        METRICS
+            .cache_requests
+            .with_label_values(&[&ctx.req.route, "hit", policy.storage_name()])
+            .inc();
         self.finish_header(&mut resp, ctx);
         if !session.is_http2() {
-            self.origin_date.mark(&mut resp);
+            match &copy.date {
+                Some(date) => {
+                    let stored = copy.header.headers.get(header::DATE);
+                    self.origin_date.carry(&mut resp, stored, date);
+                }
+                None => self.origin_date.mark(&mut resp),
+            }
         }
         self.close_if_draining(session);
         let no_body = session.req_header().method == http::Method::HEAD || copy.body.is_empty();

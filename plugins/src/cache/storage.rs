@@ -56,8 +56,11 @@ struct Object {
 /// one, so the key alone finds the right copy.
 #[derive(Debug)]
 pub struct FreshCopy {
-    /// The stored response head.
+    /// The stored response head, already saying `X-Cache-Status: HIT` and
+    /// `Cache-Status: tollgate; hit` (a fresh copy only ever answers hits).
     pub header: ResponseHeader,
+    /// Its `Date` as an IMF-fixdate, when it has a valid one (made once, when stored).
+    pub date: Option<http::HeaderValue>,
     /// The stored body.
     pub body: Bytes,
     /// Fresh strictly before this instant.
@@ -80,9 +83,22 @@ fn fresh_copy(
     parts: Option<(ResponseHeader, SystemTime, SystemTime)>,
     body: &Bytes,
 ) -> Option<Arc<FreshCopy>> {
-    parts.map(|(header, fresh_until, epoch)| {
+    parts.map(|(mut header, fresh_until, epoch)| {
+        let _ = header.insert_header("x-cache-status", http::HeaderValue::from_static("HIT"));
+        let _ = header.insert_header(
+            "cache-status",
+            http::HeaderValue::from_static("tollgate; hit"),
+        );
+        // Made an IMF-fixdate once here, so serving it needs no parsing.
+        let date = header
+            .headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .and_then(|t| http::HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok());
         Arc::new(FreshCopy {
             header,
+            date,
             body: body.clone(),
             fresh_until,
             epoch,
