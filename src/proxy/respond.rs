@@ -1,13 +1,17 @@
-//! Answers the gateway makes itself (errors, plugin answers): the response hooks of the
-//! matched route run on their header first, as on an upstream response.
+//! Answers the gateway makes itself (errors, plugin answers, fresh hits of the cache's fast
+//! path): the response hooks of the matched route run on their header first, as on an
+//! upstream response.
 
 use super::error::GatewayError;
 use super::forwarding::REQUEST_ID;
 use super::{Ctx, Gateway};
+use crate::metrics::METRICS;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
+use tollgate_plugins::cache::storage::FreshCopy;
+use tollgate_plugins::cache::CachePolicy;
 use tollgate_plugins::Answer;
 
 impl Gateway {
@@ -83,5 +87,55 @@ impl Gateway {
         if self.lifecycle.is_draining() {
             session.set_keepalive(None);
         }
+    }
+}
+
+impl Gateway {
+    /// Answer from a fresh stored copy without Pingora's cache phases (the fast path of
+    /// [`CachePolicy::fresh_hit`]): the stored head with `Age` and the status headers, the
+    /// route's response hooks, then the stored body.
+    pub(super) async fn serve_fresh(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        copy: &FreshCopy,
+        policy: &CachePolicy,
+    ) -> pingora::Result<()> {
+        let mut resp = copy.header.clone();
+        resp.set_version(http::Version::HTTP_11);
+        let status = resp.status.as_u16();
+        if !matches!(status, 204 | 304) && !resp.headers.contains_key(header::CONTENT_LENGTH) {
+            resp.insert_header(header::CONTENT_LENGTH, copy.body.len())?;
+        }
+        let age = std::time::SystemTime::now()
+            .duration_since(copy.epoch)
+            .map_or(0, |d| d.as_secs());
+        resp.insert_header(header::AGE, age)?;
+        // The stored copy already says HIT.
+        METRICS
+            .cache_requests
+            .with_label_values(&[&ctx.req.route, "hit", policy.storage_name()])
+            .inc();
+        self.finish_header(&mut resp, ctx);
+        if !session.is_http2() {
+            match &copy.date {
+                Some(date) => {
+                    let stored = copy.header.headers.get(header::DATE);
+                    self.origin_date.carry(&mut resp, stored, date);
+                }
+                None => self.origin_date.mark(&mut resp),
+            }
+        }
+        self.close_if_draining(session);
+        let no_body = session.req_header().method == http::Method::HEAD || copy.body.is_empty();
+        session
+            .write_response_header(Box::new(resp), no_body)
+            .await?;
+        if !no_body {
+            session
+                .write_response_body(Some(copy.body.clone()), true)
+                .await?;
+        }
+        Ok(())
     }
 }
