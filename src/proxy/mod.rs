@@ -48,6 +48,7 @@ use http::StatusCode;
 use pingora::cache::RespCacheable;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -101,6 +102,11 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
+
+    /// Once, when the service starts. Pingora's default adds its response compression
+    /// module (disabled), which still builds a context and runs its filters on every
+    /// request; tollgate does not compress responses, so it adds no module.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         let req = RequestCtx::new(self.no_route.clone(), None, RequestId::generate());
