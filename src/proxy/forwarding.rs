@@ -213,8 +213,8 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 /// Remove the hop-by-hop headers of an upstream response: the standard ones and every
-/// header its `Connection` names. One pass over the names present; only those are removed
-/// (an upstream's usual `Connection: keep-alive` costs one removal, not one per name).
+/// header its `Connection` names. One pass over the names when there are none (the usual
+/// case).
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     if !resp
@@ -224,26 +224,22 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     {
         return;
     }
-    let listed = |name: &str| {
-        !upgrade
-            && resp.headers.get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str()
-                    .unwrap_or("")
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name))
-            })
-    };
-    let doomed: Vec<HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|k| {
-            let n = k.as_str();
-            let standard =
-                HOP_BY_HOP.contains(&n) && !(upgrade && (n == "connection" || n == "upgrade"));
-            standard || listed(n)
-        })
-        .cloned()
-        .collect();
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    if !upgrade {
+        for v in resp.headers.get_all(header::CONNECTION) {
+            for name in v.to_str().unwrap_or("").split(',') {
+                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    doomed.push(n);
+                }
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        doomed.push(HeaderName::from_static(name));
+    }
     for n in doomed {
         resp.remove_header(&n);
     }
