@@ -9,7 +9,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheOptionOverrides, CachePhase, NoCacheReason};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use tollgate_plugins::cache::{CachePolicy, RequestUse};
+use tollgate_plugins::cache::{CachePolicy, RequestUse, CACHE_STATUS, HIT_STATUS, X_CACHE_STATUS};
 use tollgate_plugins::{Answer, RequestCtx};
 
 /// Most times a request waiting on another's fetch retries the lock before going to the
@@ -98,7 +98,7 @@ pub fn set_status(
             }
             ("BYPASS", "tollgate; fwd=method")
         }
-        (_, CachePhase::Hit) => ("HIT", "tollgate; hit"),
+        (_, CachePhase::Hit) => HIT_STATUS,
         (_, CachePhase::Stale) | (_, CachePhase::StaleUpdating) => {
             ("STALE", "tollgate; hit; fwd=stale")
         }
@@ -140,8 +140,8 @@ fn label(
     policy: &CachePolicy,
     route: &str,
 ) {
-    let _ = resp.insert_header("x-cache-status", HeaderValue::from_static(x));
-    let _ = resp.insert_header("cache-status", HeaderValue::from_static(rfc));
+    let _ = resp.insert_header(X_CACHE_STATUS, HeaderValue::from_static(x));
+    let _ = resp.insert_header(CACHE_STATUS, HeaderValue::from_static(rfc));
     // The metric's label is the status in lower case.
     let status = match x {
         "HIT" => "hit",
@@ -151,6 +151,11 @@ fn label(
         "REVALIDATED" => "revalidated",
         _ => "bypass",
     };
+    count(policy, route, status);
+}
+
+/// Count one response of `route` in the cache metric; `status` is the metric's label.
+pub fn count(policy: &CachePolicy, route: &str, status: &str) {
     METRICS
         .cache_requests
         .with_label_values(&[route, status, policy.storage_name()])

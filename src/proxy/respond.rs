@@ -5,7 +5,6 @@
 use super::error::GatewayError;
 use super::forwarding::REQUEST_ID;
 use super::{Ctx, Gateway};
-use crate::metrics::METRICS;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -112,10 +111,7 @@ impl Gateway {
             .map_or(0, |d| d.as_secs());
         resp.insert_header(header::AGE, age)?;
         // The stored copy already says HIT.
-        METRICS
-            .cache_requests
-            .with_label_values(&[&ctx.req.route, "hit", policy.storage_name()])
-            .inc();
+        super::cache::count(policy, &ctx.req.route, "hit");
         self.finish_header(&mut resp, ctx);
         if !session.is_http2() {
             match &copy.date {

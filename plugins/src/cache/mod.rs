@@ -10,6 +10,7 @@ pub mod redis_storage;
 pub mod storage;
 
 pub use policy::{CachePolicy, Exchange, RequestUse, MAX_KEY_BODY};
+pub use storage::{CACHE_STATUS, HIT_STATUS, X_CACHE_STATUS};
 
 use crate::{BuildCtx, ConfigError, Phase, Plugin};
 use async_trait::async_trait;

@@ -51,6 +51,13 @@ struct Object {
     fresh: Option<Arc<FreshCopy>>,
 }
 
+/// The header saying what the cache did, Kong's and nginx's spelling (`HIT`, `MISS`, ...).
+pub const X_CACHE_STATUS: &str = "x-cache-status";
+/// The RFC 9211 header saying what the cache did.
+pub const CACHE_STATUS: &str = "cache-status";
+/// The values of [`X_CACHE_STATUS`] and [`CACHE_STATUS`] on a fresh hit.
+pub const HIT_STATUS: (&str, &str) = ("HIT", "tollgate; hit");
+
 /// A stored response as a fresh hit needs it: the head (without `Age`), the body, and when
 /// its freshness ends and its age began. Only objects without variants (no `Vary`) have
 /// one, so the key alone finds the right copy.
@@ -84,11 +91,9 @@ fn fresh_copy(
     body: &Bytes,
 ) -> Option<Arc<FreshCopy>> {
     parts.map(|(mut header, fresh_until, epoch)| {
-        let _ = header.insert_header("x-cache-status", http::HeaderValue::from_static("HIT"));
-        let _ = header.insert_header(
-            "cache-status",
-            http::HeaderValue::from_static("tollgate; hit"),
-        );
+        let (x, rfc) = HIT_STATUS;
+        let _ = header.insert_header(X_CACHE_STATUS, http::HeaderValue::from_static(x));
+        let _ = header.insert_header(CACHE_STATUS, http::HeaderValue::from_static(rfc));
         // Made an IMF-fixdate once here, so serving it needs no parsing.
         let date = header
             .headers
