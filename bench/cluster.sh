@@ -39,11 +39,7 @@ KEY=bench-key-0001
 [ "$REQUESTS" -gt "$LIMIT" ] || { echo "REQUESTS must be more than LIMIT" >&2; exit 2; }
 
 make_tmp cluster
-FAILED=0
-result() { # result NAME PASS|FAIL DETAIL
-  printf '%-14s %s  %s\n' "$1" "$2" "$3"
-  [ "$2" = PASS ] || FAILED=1
-}
+RESULT_WIDTH=14
 
 # ---- start the cluster ----------------------------------------------------------------------
 REDIS_PORT=$(free_port)

@@ -48,11 +48,7 @@ BOUND_BYTES_PER_KEY=${BOUND_BYTES_PER_KEY:-200}
 FLOOD_TIME=${FLOOD_TIME:-480} # the flood stops after this many seconds even if short of KEYS
 
 make_tmp keyflood
-FAILED=0
-result() { # result NAME PASS|FAIL DETAIL
-  printf '%-12s %s  %s\n' "$1" "$2" "$3"
-  [ "$2" = PASS ] || FAILED=1
-}
+RESULT_WIDTH=12
 
 PORT=$(free_port)
 ADMIN=$(free_port)
@@ -83,10 +79,7 @@ name = "plain"
 paths = ["=/plain"]
 plugins = [{ name = "mock", body = "hello" }]
 EOF
-"$TOLLGATE" check -c "$CONF" >/dev/null
-start tollgate "$TOLLGATE" run -c "$CONF"
-GW=$STARTED_PID
-wait_http "http://127.0.0.1:$ADMIN/readyz" 15
+start_tollgate "$CONF" "$ADMIN"
 effective_max_keys=${MAX_KEYS:-100000}
 bound_kib=$((BOUND_BYTES_PER_KEY * effective_max_keys / 1024))
 log "tollgate (pid $GW) on 127.0.0.1:$PORT, admin :$ADMIN; rate_limit hour = $QUOTA by x-key, max_keys $effective_max_keys; bound $BOUND_BYTES_PER_KEY B x $effective_max_keys = $(mib "$bound_kib") MiB"

@@ -47,11 +47,6 @@ SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-10}
 [ "$DURATION" -ge $((TERM_AT + GRACE + 2)) ] || { echo "need DURATION >= TERM_AT + GRACE + 2" >&2; exit 2; }
 
 make_tmp sigterm
-FAILED=0
-result() { # result NAME PASS|FAIL DETAIL
-  printf '%-10s %s  %s\n' "$1" "$2" "$3"
-  [ "$2" = PASS ] || FAILED=1
-}
 NETNS_NOTE="own network namespace (loopback only)"
 in_own_netns || NETNS_NOTE="the machine's network namespace (TCP counters include other processes)"
 
@@ -87,10 +82,7 @@ paths = ["/proxy"]
 strip_prefix = true
 upstream = "origin"
 EOF
-"$TOLLGATE" check -c "$CONF" >/dev/null
-start tollgate "$TOLLGATE" run -c "$CONF"
-GW=$STARTED_PID
-wait_http "http://127.0.0.1:$ADMIN/readyz" 15
+start_tollgate "$CONF" "$ADMIN"
 body=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/proxy/hello")
 [ "$body" = hello ] || { echo "unexpected answer on /proxy/hello: $body" >&2; exit 1; }
 log "tollgate (pid $GW) on 127.0.0.1:$PORT, admin :$ADMIN, origin :$ORIGIN_PORT; $NETNS_NOTE"

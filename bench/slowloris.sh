@@ -58,11 +58,6 @@ nofile=$(ulimit -n)
   { echo "open-files limit $nofile is too low for N=$N (raise it or lower N)" >&2; exit 2; }
 
 make_tmp slowloris
-FAILED=0
-result() { # result NAME PASS|FAIL DETAIL
-  printf '%-10s %s  %s\n' "$1" "$2" "$3"
-  [ "$2" = PASS ] || FAILED=1
-}
 
 PORT=$(free_port)
 ADMIN=$(free_port)
@@ -82,10 +77,7 @@ name = "hello"
 paths = ["=/hello"]
 plugins = [{ name = "mock", body = "hello" }]
 EOF
-"$TOLLGATE" check -c "$CONF" >/dev/null
-start tollgate "$TOLLGATE" run -c "$CONF"
-GW=$STARTED_PID
-wait_http "http://127.0.0.1:$ADMIN/readyz" 15
+start_tollgate "$CONF" "$ADMIN"
 code=$(curl -s -o /dev/null -w '%{http_code}' --interface "$LEGIT_SOURCE" --max-time 2 "http://127.0.0.1:$PORT/hello" || true)
 [ "$code" = 200 ] || { echo "the legit client (from $LEGIT_SOURCE) does not get 200 before the test: $code" >&2; exit 1; }
 log "tollgate (pid $GW, $(awk '/^Threads:/ {print $2}' "/proc/$GW/status") threads) on 127.0.0.1:$PORT, admin :$ADMIN; header_timeout_ms $HEADER_TIMEOUT_MS, max_connections_per_ip $PER_IP; open files: $nofile (was $nofile_was)"

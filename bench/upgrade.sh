@@ -51,11 +51,7 @@ VIA_LB=${VIA_LB:-0}
   { echo "need RELOAD_AT < UPGRADE_AT and DURATION >= UPGRADE_AT + 10" >&2; exit 2; }
 
 make_tmp upgrade
-FAILED=0
-result() { # result NAME PASS|FAIL DETAIL
-  printf '%-16s %s  %s\n' "$1" "$2" "$3"
-  [ "$2" = PASS ] || FAILED=1
-}
+RESULT_WIDTH=16
 
 ORIGIN_PORT=$(free_port)
 start_origin "$ORIGIN_PORT"

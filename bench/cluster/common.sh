@@ -103,6 +103,23 @@ cleanup() {
   exit "$rc"
 }
 
+# Verdicts: `result NAME PASS|FAIL DETAIL` prints one line (NAME padded to RESULT_WIDTH, which a
+# script may set before its first verdict); any FAIL makes `exit "$FAILED"` fail the script.
+FAILED=0
+result() {
+  printf "%-${RESULT_WIDTH:-10}s %s  %s\n" "$1" "$2" "$3"
+  [ "$2" = PASS ] || FAILED=1
+}
+
+# start_tollgate CONF ADMIN_PORT: `tollgate check` the config, start tollgate on it and wait until
+# its admin listener says ready; GW is its pid.
+start_tollgate() {
+  "$TOLLGATE" check -c "$1" >/dev/null
+  start tollgate "$TOLLGATE" run -c "$1"
+  GW=$STARTED_PID
+  wait_http "http://127.0.0.1:$2/readyz" 15
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
