@@ -109,33 +109,12 @@ fn quiet_listeners() -> usize {
         if !is_socket {
             continue;
         }
-        let mut listening: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `fd` is open (listed by the kernel just now) and the out-pointers are
-        // valid for the sizes given; a descriptor closed meanwhile only makes the call fail.
-        let ok = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut listening as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        } == 0;
-        let mut domain: libc::c_int = 0;
-        let mut dlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as above.
-        let inet = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&mut domain as *mut libc::c_int).cast(),
-                &mut dlen,
-            )
-        } == 0
-            && (domain == libc::AF_INET || domain == libc::AF_INET6);
-        if ok && listening == 1 && inet {
+        let listening = socket_option(fd, libc::SO_ACCEPTCONN) == Some(1);
+        let inet = matches!(
+            socket_option(fd, libc::SO_DOMAIN),
+            Some(libc::AF_INET | libc::AF_INET6)
+        );
+        if listening && inet {
             refuse_new_syns(fd);
             // SAFETY: re-listening on a listening socket only changes its backlog.
             if unsafe { libc::listen(fd, 0) } == 0 {
@@ -144,6 +123,25 @@ fn quiet_listeners() -> usize {
         }
     }
     n
+}
+
+/// An integer `SOL_SOCKET` option of `fd`; `None` when the call fails.
+#[cfg(target_os = "linux")]
+fn socket_option(fd: std::os::fd::RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the out-pointers are valid for the sizes given; a descriptor that is not open
+    // (closed since it was listed) only makes the call fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
 }
 
 /// Drop connection requests (TCP segments with SYN and without ACK) arriving on the
