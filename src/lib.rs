@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod framing;
@@ -25,3 +26,15 @@ pub mod sni;
 pub mod split;
 pub mod target;
 pub mod upstream;
+
+/// The plugin crate, so a custom binary can depend on `tollgate` alone.
+pub use tollgate_plugins as plugins;
+
+/// The allocator the `tollgate` binary uses; a custom binary should set it too
+/// (`#[global_allocator] static GLOBAL: tollgate::MiMalloc = tollgate::MiMalloc;`).
+pub use mimalloc::MiMalloc;
+
+/// Everything a custom binary or plugin needs: the plugin prelude of `tollgate_plugins`.
+pub mod prelude {
+    pub use tollgate_plugins::prelude::*;
+}

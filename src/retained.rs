@@ -8,11 +8,13 @@ use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamCache;
 use std::sync::Arc;
 use tollgate_plugins::cache::storage::CacheStore;
-use tollgate_plugins::SharedState;
+use tollgate_plugins::{Registry, SharedState};
 
 /// The reload-surviving state of one gateway process.
 #[derive(Default)]
 pub struct Retained {
+    /// The plugins this binary can build, by name (the built-in ones and a custom binary's).
+    pub registry: Registry,
     /// Pools of the running config, reused when their definition is unchanged.
     pub upstreams: UpstreamCache,
     /// State plugins keep across reloads.
@@ -22,9 +24,17 @@ pub struct Retained {
 }
 
 impl Retained {
-    /// Nothing retained yet.
+    /// Nothing retained yet; the built-in plugins.
     pub fn new() -> Self {
         Retained::default()
+    }
+
+    /// Nothing retained yet; the plugins of `registry` (a custom binary's).
+    pub fn with_registry(registry: Registry) -> Self {
+        Retained {
+            registry,
+            ..Retained::default()
+        }
     }
 
     /// `snap` is now the running config: keep only its pools, drop plugin state that no

@@ -24,6 +24,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_plugins::Registry;
 
 /// How often readiness is probed until the proxy listener accepts.
 const READY_POLL: Duration = Duration::from_millis(50);
@@ -57,10 +58,10 @@ fn check_bindable(addrs: &[&str]) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Load `path` and serve it until a shutdown signal. `upgrade` takes the listening sockets
-/// over from a running tollgate (Pingora's graceful upgrade).
-pub fn run(path: &Path, upgrade: bool) -> Result<(), RunError> {
-    let retained = Arc::new(Retained::new());
+/// Load `path` and serve it until a shutdown signal, with the plugins of `registry`. `upgrade`
+/// takes the listening sockets over from a running tollgate (Pingora's graceful upgrade).
+pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunError> {
+    let retained = Arc::new(Retained::with_registry(registry));
     let snap = config::load_file(path, &retained).map_err(RunError::Config)?;
     let process = snap.server.process.clone();
     if !upgrade {

@@ -3,7 +3,7 @@
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::StatusCode;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ impl Plugin for Acl {
         Phase::Authorization
     }
 
-    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+    async fn request(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
         let groups: &[String] = ctx.identity.as_ref().map_or(&[], |i| &i.consumer.groups);
         let in_any = |list: &[String]| groups.iter().any(|g| list.contains(g));
         let allowed = if self.allow.is_empty() {

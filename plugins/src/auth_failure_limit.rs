@@ -12,7 +12,7 @@ use crate::ttl_cache::TtlCache;
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -97,7 +97,7 @@ impl Plugin for AuthFailureLimit {
         Phase::AccessControl
     }
 
-    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+    async fn request(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
         let Some(ip) = ctx.client_ip else {
             return Flow::Continue;
         };

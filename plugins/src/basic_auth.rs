@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use base64::Engine;
 use http::{HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -180,12 +179,8 @@ impl Plugin for BasicAuth {
         Phase::Authentication
     }
 
-    async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
-        let mut values = session
-            .req_header()
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter();
+    async fn authenticate(&self, req: &RequestHeader, _ctx: &mut RequestCtx) -> Auth {
+        let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
             return Auth::Invalid(Answer::ambiguous_credentials(self.challenge.clone()));

@@ -5,6 +5,7 @@ use crate::answer::Answer;
 use crate::consumer::Identity;
 use crate::context::RequestCtx;
 use crate::plugin::{Auth, Flow, Phase, Plugin};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -18,10 +19,44 @@ pub struct Stop {
     pub phase: Phase,
 }
 
+/// What the request hooks are handed: the live session (the gateway) or a request head alone
+/// (the unit-test harness, [`crate::testing`]).
+pub enum Input<'a> {
+    /// A request being served; plugins get [`Plugin::request_session`].
+    Session(&'a mut Session),
+    /// A request head only; plugins get [`Plugin::request`].
+    Head(&'a RequestHeader),
+}
+
+impl Input<'_> {
+    fn head(&self) -> &RequestHeader {
+        match self {
+            Input::Session(s) => s.req_header(),
+            Input::Head(h) => h,
+        }
+    }
+
+    async fn request(&mut self, plugin: &Arc<dyn Plugin>, ctx: &mut RequestCtx) -> Flow {
+        match self {
+            Input::Session(s) => plugin.request_session(s, ctx).await,
+            Input::Head(h) => plugin.request(h, ctx).await,
+        }
+    }
+}
+
 /// Run the request hooks of `chain` (sorted by phase). `None` means: go on to the upstream.
 pub async fn run_request(
     chain: &[Arc<dyn Plugin>],
     session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Option<Stop> {
+    run(chain, Input::Session(session), ctx).await
+}
+
+/// Run the request hooks of `chain` on `input`. `None` means: go on to the upstream.
+pub async fn run(
+    chain: &[Arc<dyn Plugin>],
+    mut input: Input<'_>,
     ctx: &mut RequestCtx,
 ) -> Option<Stop> {
     let mut i = 0;
@@ -32,13 +67,13 @@ pub async fn run_request(
                 .iter()
                 .take_while(|p| p.phase() == Phase::Authentication)
                 .count();
-            if let Some(stop) = authenticate(&chain[i..i + n], session, ctx).await {
+            if let Some(stop) = authenticate(&chain[i..i + n], input.head(), ctx).await {
                 return Some(stop);
             }
             i += n;
             continue;
         }
-        if let Flow::Respond(answer) = plugin.request(session, ctx).await {
+        if let Flow::Respond(answer) = input.request(plugin, ctx).await {
             return Some(Stop {
                 answer,
                 plugin: plugin.name(),
@@ -52,7 +87,7 @@ pub async fn run_request(
 
 async fn authenticate(
     group: &[Arc<dyn Plugin>],
-    session: &mut Session,
+    req: &RequestHeader,
     ctx: &mut RequestCtx,
 ) -> Option<Stop> {
     let mut missing: Option<Stop> = None;
@@ -63,7 +98,7 @@ async fn authenticate(
             plugin: plugin.name(),
             phase: Phase::Authentication,
         };
-        match plugin.authenticate(session, ctx).await {
+        match plugin.authenticate(req, ctx).await {
             Auth::Authenticated(identity) => {
                 ctx.identity = Some(identity);
                 return None;

@@ -4,7 +4,7 @@ use crate::limit_key::{LimitBySpec, LimitKey};
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use pingora_limits::inflight::{Guard, Inflight};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -60,8 +60,8 @@ impl Plugin for Concurrency {
         Phase::Limits
     }
 
-    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
-        let key = self.key.extract(session.req_header(), ctx);
+    async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+        let key = self.key.extract(req, ctx);
         let (guard, count) = self.inflight.incr(&key, 1);
         if count > self.max {
             drop(guard);

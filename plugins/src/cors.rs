@@ -15,8 +15,7 @@ use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::http::{RequestHeader, ResponseHeader};
 use regex::Regex;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -193,8 +192,7 @@ impl Plugin for Cors {
         Phase::Cors
     }
 
-    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
-        let req = session.req_header();
+    async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
         let Some(origin) = req.headers.get(header::ORIGIN).cloned() else {
             return Flow::Continue;
         };

@@ -6,7 +6,7 @@ use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin
 use async_trait::async_trait;
 use http::StatusCode;
 use ipnet::IpNet;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ impl Plugin for IpRestriction {
         Phase::AccessControl
     }
 
-    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+    async fn request(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
         // Deny wins over allow; with an allow list, anything not on it is refused.
         let allowed = match ctx.client_ip {
             Some(ip) => {

@@ -5,7 +5,6 @@ use crate::{parse_config_all, Answer, Auth, BuildCtx, ConfigError, Phase, Plugin
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -90,8 +89,7 @@ impl Plugin for KeyAuth {
         Phase::Authentication
     }
 
-    async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
-        let req = session.req_header();
+    async fn authenticate(&self, req: &RequestHeader, _ctx: &mut RequestCtx) -> Auth {
         let in_headers = self
             .headers
             .iter()

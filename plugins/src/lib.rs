@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod plugin;
+pub mod prelude;
 pub mod rate_limit;
 pub mod redis_conn;
 pub mod registry;

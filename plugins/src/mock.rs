@@ -4,7 +4,7 @@ use crate::{parse_config_all, Answer, ConfigError, Flow, Phase, Plugin, RequestC
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,7 +94,7 @@ impl Plugin for Mock {
         Phase::Respond
     }
 
-    async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
+    async fn request(&self, _req: &RequestHeader, _ctx: &mut RequestCtx) -> Flow {
         Flow::Respond(self.answer.clone())
     }
 }

@@ -5,6 +5,7 @@ use crate::cache::policy::CachePolicy;
 use crate::consumer::{Consumer, Identity};
 use crate::context::RequestCtx;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -64,10 +65,18 @@ pub trait Plugin: Send + Sync + 'static {
     /// The phase this plugin runs in.
     fn phase(&self) -> Phase;
 
-    /// Request phase, before any upstream is chosen: inspect the downstream request and either
-    /// continue or answer.
-    async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
+    /// Request phase, before any upstream is chosen: inspect the downstream request head and
+    /// either continue or answer. Takes the head, not the session, so the hook can be unit
+    /// tested without a server (see [`crate::testing`]).
+    async fn request(&self, _req: &RequestHeader, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
+    }
+
+    /// The same phase for the few plugins that need the live session (to read the request body
+    /// before the upstream is chosen, or the connection's details). The gateway always calls
+    /// this one; the default hands the request head to [`Plugin::request`].
+    async fn request_session(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        self.request(session.req_header(), ctx).await
     }
 
     /// Authentication phase only: establish who is calling. All authentication plugins of a
@@ -75,7 +84,7 @@ pub trait Plugin: Send + Sync + 'static {
     /// does and no credentials were presented, the route's `anonymous` consumer is used when
     /// one is configured; otherwise the first [`Auth::Invalid`] answer (or, when no plugin
     /// found credentials, the first [`Auth::Missing`] one) is sent.
-    async fn authenticate(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
+    async fn authenticate(&self, _req: &RequestHeader, _ctx: &mut RequestCtx) -> Auth {
         Auth::Missing(Answer::error(
             http::StatusCode::UNAUTHORIZED,
             "missing_credentials",
@@ -104,7 +113,7 @@ pub trait Plugin: Send + Sync + 'static {
     /// sent to the client yet.
     fn request_body(
         &self,
-        _chunk: Option<&bytes::Bytes>,
+        _chunk: Option<&Bytes>,
         _end_of_stream: bool,
         _ctx: &mut RequestCtx,
     ) -> Option<Answer> {
@@ -117,6 +126,26 @@ pub trait Plugin: Send + Sync + 'static {
     /// Change the response header before it is sent downstream. Runs for upstream responses and
     /// for answers made by plugins or the gateway on a matched route.
     fn response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
+
+    /// Whether [`Plugin::response_body`] must be called (lets the gateway skip body hooks and
+    /// keep the zero-copy path for routes without them).
+    fn wants_response_body(&self) -> bool {
+        false
+    }
+
+    /// A chunk of the response body on its way to the client, streamed: called for each chunk
+    /// as it arrives, in chain order, `end_of_stream` on the last call. Replace `*body` to
+    /// change the chunk, set it to `None` to hold it back (keep it in `ctx.extensions` and
+    /// release it on a later call, with a bound on what is held). A plugin that changes the
+    /// body's length removes `Content-Length` in [`Plugin::response`]; the gateway then frames
+    /// the body itself (chunked on HTTP/1.1).
+    fn response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) {
+    }
 
     /// Called once the response is finished (or failed), with the final status (0 if none was
     /// sent); for counters and state that must be released.

@@ -5,7 +5,7 @@ use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::StatusCode;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -57,8 +57,7 @@ impl Plugin for RequestSize {
         Phase::Limits
     }
 
-    async fn request(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
-        let req = session.req_header();
+    async fn request(&self, req: &RequestHeader, _ctx: &mut RequestCtx) -> Flow {
         match crate::req::content_length(req) {
             Some(Ok(n)) if n > self.max => Flow::Respond(too_large()),
             Some(Ok(_)) => Flow::Continue,

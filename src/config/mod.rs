@@ -12,7 +12,7 @@ use crate::retained::Retained;
 use crate::snapshot::Snapshot;
 use std::fmt;
 use std::path::Path;
-use tollgate_plugins::{ConfigError, Registry};
+use tollgate_plugins::ConfigError;
 
 /// All problems found in one config file, ready to print.
 #[derive(Debug)]
@@ -89,7 +89,7 @@ pub fn load_str(text: &str, file: &str, retained: &Retained) -> Result<Snapshot,
     if !errors.is_empty() {
         return Err(fail(errors));
     }
-    let mut snap = compile::compile(&root, &Registry::builtin(), retained).map_err(fail)?;
+    let mut snap = compile::compile(&root, &retained.registry, retained).map_err(fail)?;
     snap.source = Some(std::sync::Arc::new((text.to_string(), file.to_string())));
     Ok(snap)
 }

@@ -26,7 +26,6 @@ use jsonwebtoken::{Algorithm, Validation};
 use jwks::RemoteJwks;
 use keys::{parse_jwks, KeyMap};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -316,8 +315,8 @@ impl Plugin for Jwt {
         Phase::Authentication
     }
 
-    async fn authenticate(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Auth {
-        let Ok(token) = self.token(session.req_header()) else {
+    async fn authenticate(&self, req: &RequestHeader, _ctx: &mut RequestCtx) -> Auth {
+        let Ok(token) = self.token(req) else {
             return Auth::Invalid(Answer::ambiguous_credentials(HeaderValue::from_static(
                 "Bearer",
             )));

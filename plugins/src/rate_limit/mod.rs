@@ -11,8 +11,7 @@ use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
 use local::LocalCounters;
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::http::{RequestHeader, ResponseHeader};
 use redis_store::RedisStore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -233,8 +232,8 @@ impl Plugin for RateLimit {
         Phase::Limits
     }
 
-    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
-        let key = self.key.extract(session.req_header(), ctx);
+    async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+        let key = self.key.extract(req, ctx);
         let decision = match &self.redis {
             None => self.local.hit(&key, &self.windows, now_ms()),
             Some((store, prefix)) => {
