@@ -9,7 +9,7 @@ use regex::Regex;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_plugins::Plugin;
+use tollgate_plugins::chain::RouteChain;
 
 /// How the path sent upstream is derived from the client's.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +52,9 @@ pub struct Route {
     pub name: Arc<str>,
     /// Where requests go; `None` when a plugin answers.
     pub upstream: Option<Arc<UpstreamPool>>,
-    /// Plugins in phase order, global ones merged in.
-    pub chain: Box<[Arc<dyn Plugin>]>,
+    /// Plugins in phase order, global ones merged in, and the chains of consumers whose
+    /// plugins change it.
+    pub chain: RouteChain,
     /// Path rewrite.
     pub rewrite: PathRewrite,
     /// Keep the client's Host header.

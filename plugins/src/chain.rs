@@ -44,22 +44,64 @@ impl Input<'_> {
     }
 }
 
-/// Run the request hooks of `chain` (sorted by phase). `None` means: go on to the upstream.
-pub async fn run_request(
-    chain: &[Arc<dyn Plugin>],
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Option<Stop> {
-    run(chain, Input::Session(session), ctx).await
+/// A chain of plugins sorted by phase, shared by every request that runs it.
+pub type Plugins = Arc<[Arc<dyn Plugin>]>;
+
+/// A route's compiled chains: the route's own (globals merged in) and, for each consumer
+/// plugin set ([`crate::consumer::PluginSet`]), the route's chain with that set's plugins
+/// merged in. Everything is merged when the config is compiled; a request only picks one.
+pub struct RouteChain {
+    /// The chain of the route.
+    pub base: Plugins,
+    /// The chain for consumers of each plugin set, indexed by
+    /// [`Consumer::plugin_set`](crate::Consumer::plugin_set). Empty when the route has no
+    /// authentication plugin or no consumer has plugins.
+    pub per_consumer: Box<[Plugins]>,
 }
 
-/// Run the request hooks of `chain` on `input`. `None` means: go on to the upstream.
+/// What the request phase decided, and which chain the rest of the request runs.
+pub struct Ran {
+    /// Why the request phase stopped early; `None`: go on to the upstream.
+    pub stop: Option<Stop>,
+    /// The authenticated consumer's chain, when it is not the route's.
+    pub chain: Option<Plugins>,
+}
+
+/// Run the request hooks of a route's chains: the route's chain up to authentication, then
+/// the authenticated consumer's chain when it has one.
+pub async fn run_request(chain: &RouteChain, session: &mut Session, ctx: &mut RequestCtx) -> Ran {
+    run_chains(
+        &chain.base,
+        &chain.per_consumer,
+        Input::Session(session),
+        ctx,
+    )
+    .await
+}
+
+/// Run the request hooks of one chain (sorted by phase) on `input`. `None` means: go on to the
+/// upstream.
 pub async fn run(
     chain: &[Arc<dyn Plugin>],
-    mut input: Input<'_>,
+    input: Input<'_>,
     ctx: &mut RequestCtx,
 ) -> Option<Stop> {
+    run_chains(chain, &[], input, ctx).await.stop
+}
+
+async fn run_chains(
+    base: &[Arc<dyn Plugin>],
+    per_consumer: &[Plugins],
+    mut input: Input<'_>,
+    ctx: &mut RequestCtx,
+) -> Ran {
+    let mut chain = base;
+    let mut switched: Option<Plugins> = None;
     let mut i = 0;
+    let stop = |stop| Ran {
+        stop: Some(stop),
+        chain: None,
+    };
     while i < chain.len() {
         let plugin = &chain[i];
         if plugin.phase() == Phase::Authentication {
@@ -67,22 +109,39 @@ pub async fn run(
                 .iter()
                 .take_while(|p| p.phase() == Phase::Authentication)
                 .count();
-            if let Some(stop) = authenticate(&chain[i..i + n], input.head(), ctx).await {
-                return Some(stop);
+            if let Some(s) = authenticate(&chain[i..i + n], input.head(), ctx).await {
+                return stop(s);
             }
             i += n;
+            // Consumer plugins come after authentication (the config refuses others), so the
+            // consumer's chain shares everything before this point with the route's.
+            let set = ctx.identity.as_ref().and_then(|id| id.consumer.plugin_set);
+            if let Some(c) = set.and_then(|k| per_consumer.get(k)) {
+                let c = switched.insert(c.clone());
+                chain = c;
+                i = chain
+                    .iter()
+                    .position(|p| p.phase() > Phase::Authentication)
+                    .unwrap_or(chain.len());
+            }
             continue;
         }
         if let Flow::Respond(answer) = input.request(plugin, ctx).await {
-            return Some(Stop {
-                answer,
-                plugin: plugin.name(),
-                phase: plugin.phase(),
-            });
+            return Ran {
+                stop: Some(Stop {
+                    answer,
+                    plugin: plugin.name(),
+                    phase: plugin.phase(),
+                }),
+                chain: switched,
+            };
         }
         i += 1;
     }
-    None
+    Ran {
+        stop: None,
+        chain: switched,
+    }
 }
 
 async fn authenticate(

@@ -39,6 +39,7 @@ pub mod req;
 pub mod request_size;
 pub mod state;
 pub mod sync;
+pub mod testing;
 pub mod ttl_cache;
 
 pub use answer::Answer;

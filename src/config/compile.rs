@@ -1,21 +1,31 @@
 //! Checks the sections of a parsed config and compiles them into a [`Snapshot`].
 
-use super::schema::{RouteSection, ServerSection, UpstreamSection};
+use super::consumer_plugins::ConsumerPlugins;
+use super::plugin_list::{build_globals, plugin_entries};
+use super::schema::{ConsumerGroupSection, RouteSection, ServerSection, UpstreamSection};
 use crate::metrics::METRICS;
 use crate::retained::Retained;
 use crate::router::Router;
 use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, Timeouts};
 use crate::upstream::UpstreamPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_plugins::chain::{Plugins, RouteChain};
 use tollgate_plugins::net::parse_nets;
 use tollgate_plugins::{
     parse_config_all, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry,
 };
 
-const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "plugins"];
+const TOP_LEVEL: &[&str] = &[
+    "server",
+    "upstreams",
+    "consumers",
+    "consumer_groups",
+    "routes",
+    "plugins",
+];
 
 /// Compile a parsed (and env-expanded) config. All errors are returned together. What must
 /// outlive a reload (pools, plugin state) is taken from `retained`.
@@ -87,7 +97,14 @@ pub fn compile(
         }
     }
 
-    let consumers = match Consumers::build(table.get("consumers")) {
+    let group_sections: Vec<(usize, ConsumerGroupSection)> =
+        parse_array(table.get("consumer_groups"), "consumer_groups", &mut errors);
+    let plugin_groups: Vec<String> = group_sections
+        .iter()
+        .filter(|(_, g)| !g.plugins.is_empty())
+        .map(|(_, g)| g.name.clone())
+        .collect();
+    let consumers = match Consumers::build(table.get("consumers"), &plugin_groups) {
         Ok(c) => c,
         Err(errs) => {
             errors.extend(errs);
@@ -100,6 +117,16 @@ pub fn compile(
         state: retained.plugins.clone(),
     };
     let globals = build_globals(table.get("plugins"), registry, &build_ctx, &mut errors);
+    let consumer_plugins = ConsumerPlugins::build(
+        &group_sections,
+        table.get("consumers"),
+        &build_ctx.consumers,
+        registry,
+        &globals,
+        &build_ctx,
+        &mut errors,
+    );
+    let mut reported = BTreeSet::new();
 
     let route_sections: Vec<(usize, RouteSection)> =
         parse_array(table.get("routes"), "routes", &mut errors);
@@ -123,9 +150,13 @@ pub fn compile(
             r,
             &at,
             &upstreams,
-            &globals,
-            registry,
-            &build_ctx,
+            &RoutePlugins {
+                registry,
+                globals: &globals,
+                consumers: &consumer_plugins,
+                ctx: &build_ctx,
+            },
+            &mut reported,
             &mut errors,
         ) {
             routes.push(Arc::new(route));
@@ -248,100 +279,29 @@ fn parse_array<T: serde::de::DeserializeOwned>(
     out
 }
 
-/// A plugin instance and where it came from.
-struct Configured {
-    name: String,
-    plugin: Arc<dyn Plugin>,
-}
-
-fn build_globals(
-    value: Option<&toml::Value>,
-    registry: &Registry,
-    ctx: &BuildCtx,
-    errors: &mut Vec<ConfigError>,
-) -> BTreeMap<String, Arc<dyn Plugin>> {
-    let mut out = BTreeMap::new();
-    let Some(value) = value else {
-        return out;
-    };
-    let Some(table) = value.as_table() else {
-        errors.push(ConfigError::new(
-            "plugins",
-            "expected tables: [plugins.<name>]",
-        ));
-        return out;
-    };
-    for (name, cfg) in table {
-        let at = format!("plugins.{name}");
-        let Some(cfg_table) = cfg.as_table() else {
-            errors.push(ConfigError::new(at, "expected a table"));
-            continue;
-        };
-        let mut cfg_table = cfg_table.clone();
-        let enabled = match cfg_table.remove("enabled") {
-            None => true,
-            Some(toml::Value::Boolean(b)) => b,
-            Some(_) => {
-                errors.push(ConfigError::new(
-                    format!("{at}.enabled"),
-                    "expected true or false",
-                ));
-                true
-            }
-        };
-        match construct(
-            registry,
-            name,
-            &toml::Value::Table(cfg_table),
-            ctx,
-            &at,
-            errors,
-        ) {
-            Some(p) if enabled => {
-                out.insert(name.clone(), p);
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn construct(
-    registry: &Registry,
-    name: &str,
-    cfg: &toml::Value,
-    ctx: &BuildCtx,
-    at: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Arc<dyn Plugin>> {
-    let Some(ctor) = registry.get(name) else {
-        errors.push(ConfigError::new(
-            at,
-            format!(
-                "unknown plugin {name:?}; available: {}",
-                registry.names().join(", ")
-            ),
-        ));
-        return None;
-    };
-    match ctor(cfg, ctx) {
-        Ok(p) => Some(p),
-        Err(errs) => {
-            errors.extend(errs.into_iter().map(|e| e.under(at)));
-            None
-        }
-    }
+/// What a route's chain is built from besides its own entries.
+#[derive(Clone, Copy)]
+struct RoutePlugins<'a> {
+    registry: &'a Registry,
+    globals: &'a BTreeMap<String, Arc<dyn Plugin>>,
+    consumers: &'a ConsumerPlugins,
+    ctx: &'a BuildCtx,
 }
 
 fn compile_route(
     r: &RouteSection,
     at: &str,
     upstreams: &HashMap<String, Arc<UpstreamPool>>,
-    globals: &BTreeMap<String, Arc<dyn Plugin>>,
-    registry: &Registry,
-    ctx: &BuildCtx,
+    plugins: &RoutePlugins,
+    reported: &mut BTreeSet<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
+    let RoutePlugins {
+        registry,
+        globals,
+        consumers: consumer_plugins,
+        ctx,
+    } = *plugins;
     let before = errors.len();
     if r.name.is_empty() {
         errors.push(ConfigError::new(format!("{at}.name"), "must not be empty"));
@@ -394,86 +354,24 @@ fn compile_route(
     let route_ctx = ctx.with_scope(format!("route:{}", r.name));
     let ctx = &route_ctx;
     // Route entries override or disable globals of the same name.
-    let mut overridden: BTreeMap<String, Option<Arc<dyn Plugin>>> = BTreeMap::new();
-    let mut local: Vec<Configured> = Vec::new();
-    for (i, entry) in r.plugins.iter().enumerate() {
-        let pat = format!("{at}.plugins[{i}]");
-        let (name, enabled, cfg) = match entry {
-            toml::Value::String(name) => (name.clone(), true, None),
-            toml::Value::Table(t) => {
-                let mut t = t.clone();
-                let name = match t.remove("name") {
-                    Some(toml::Value::String(n)) => n,
-                    _ => {
-                        errors.push(ConfigError::new(
-                            &pat,
-                            "a plugin table needs `name = \"...\"`",
-                        ));
-                        continue;
-                    }
-                };
-                let enabled = match t.remove("enabled") {
-                    None => true,
-                    Some(toml::Value::Boolean(b)) => b,
-                    Some(_) => {
-                        errors.push(ConfigError::new(
-                            format!("{pat}.enabled"),
-                            "expected true or false",
-                        ));
-                        true
-                    }
-                };
-                (name, enabled, if t.is_empty() { None } else { Some(t) })
-            }
-            _ => {
-                errors.push(ConfigError::new(
-                    &pat,
-                    "expected a plugin name or a table with `name`",
-                ));
-                continue;
-            }
-        };
-        if overridden.contains_key(&name) || local.iter().any(|c| c.name == name) {
-            errors.push(ConfigError::new(
-                &pat,
-                format!("plugin {name:?} is listed twice"),
-            ));
-            continue;
-        }
-        if !enabled {
-            if registry.get(&name).is_none() {
-                errors.push(ConfigError::new(&pat, format!("unknown plugin {name:?}")));
-            }
-            overridden.insert(name, None);
-            continue;
-        }
-        let plugin = match (cfg, globals.get(&name)) {
-            // Name only, with a global definition: share the global instance.
-            (None, Some(g)) => Some(g.clone()),
-            (cfg, _) => construct(
-                registry,
-                &name,
-                &toml::Value::Table(cfg.unwrap_or_default()),
-                ctx,
-                &pat,
-                errors,
-            ),
-        };
-        if let Some(p) = plugin {
-            if globals.contains_key(&name) {
-                overridden.insert(name.clone(), None);
-            }
-            local.push(Configured { name, plugin: p });
-        }
-    }
+    let entries = plugin_entries(
+        &r.plugins,
+        &format!("{at}.plugins"),
+        registry,
+        globals,
+        ctx,
+        errors,
+    );
     let mut chain: Vec<Arc<dyn Plugin>> = globals
         .iter()
-        .filter(|(n, _)| !overridden.contains_key(*n))
+        .filter(|(n, _)| !entries.replaces(n))
         .map(|(_, p)| p.clone())
-        .chain(local.into_iter().map(|c| c.plugin))
+        .chain(entries.local.iter().map(|c| c.plugin.clone()))
         .collect();
     // Stable: within a phase, globals first, then the route's order.
     chain.sort_by_key(|p| p.phase());
+    let per_consumer = consumer_plugins.chains(&chain, errors, reported);
+    let every_chain = || std::iter::once(&chain[..]).chain(per_consumer.iter().map(|c| &c[..]));
 
     if chain.iter().any(|p| p.phase() == Phase::Authorization)
         && !chain.iter().any(|p| p.phase() == Phase::Authentication)
@@ -554,13 +452,16 @@ fn compile_route(
         },
         duration: METRICS.route_duration(&r.name),
         counters: crate::metrics::RouteCounters::new(&r.name),
-        body_hooks: chain.iter().any(|p| p.wants_request_body())
+        body_hooks: every_chain().flatten().any(|p| p.wants_request_body())
             || r.request_body
                 .is_some_and(|b| b.min_rate_bytes_per_second > 0),
         request_body: r.request_body,
         cors: chain.iter().any(|p| p.name() == "cors"),
         split_body_max_bytes: r.split_body_max_bytes,
         cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
-        chain: chain.into_boxed_slice(),
+        chain: RouteChain {
+            base: Plugins::from(chain),
+            per_consumer,
+        },
     })
 }

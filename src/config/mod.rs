@@ -4,8 +4,10 @@
 //! `tollgate check` can list them all.
 
 pub mod compile;
+pub mod consumer_plugins;
 pub mod env;
 pub mod lines;
+pub mod plugin_list;
 pub mod schema;
 
 use crate::retained::Retained;

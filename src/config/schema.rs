@@ -563,6 +563,18 @@ pub struct HealthCheckSection {
     pub unhealthy_threshold: usize,
 }
 
+/// `[[consumer_groups]]`: plugins every consumer in the group gets on routes that
+/// authenticate it (a tier: `free`, `pro`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroupSection {
+    /// The group name consumers list in `groups`.
+    pub name: String,
+    /// Plugins, written like a route's.
+    #[serde(default)]
+    pub plugins: Vec<toml::Value>,
+}
+
 /// `[[routes]]`: which requests go where, through which plugins.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,8 @@ use pingora::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_plugins::cache::{CachePolicy, RequestUse};
-use tollgate_plugins::{Answer, RequestCtx};
+use tollgate_plugins::chain::Plugins;
+use tollgate_plugins::{Answer, Plugin, RequestCtx};
 
 /// Per-request state: made in `new_ctx`, dropped after `logging`.
 pub struct Ctx {
@@ -59,6 +60,17 @@ pub struct Ctx {
     pub(super) request_id_value: Option<HeaderValue>,
     /// The URI sent upstream when the route rewrites the path.
     pub(super) upstream_uri: Option<http::Uri>,
+    /// The authenticated consumer's chain, when its plugins change the route's.
+    pub(super) consumer_chain: Option<Plugins>,
+}
+
+/// The plugins a request runs: its consumer's chain once one was chosen, else the route's.
+/// A function of the two fields (not a method) so callers can borrow `ctx.req` beside it.
+pub(super) fn plugins<'a>(
+    route: &'a Route,
+    consumer_chain: &'a Option<Plugins>,
+) -> &'a [Arc<dyn Plugin>] {
+    consumer_chain.as_deref().unwrap_or(&route.chain.base)
 }
 
 impl Ctx {
@@ -89,6 +101,7 @@ impl Ctx {
             body_progress: None,
             request_id_value: None,
             upstream_uri: None,
+            consumer_chain: None,
         }
     }
 

@@ -41,6 +41,7 @@ use attempt::{Attempt, BreakerTicket};
 use body::{
     has_large_body, has_small_body, read_body, read_small_body, sha256, too_slow, BodyError,
 };
+use ctx::plugins;
 pub use ctx::Ctx;
 use error::GatewayError;
 use forwarding::{real_client_ip, BadForwardedFor, REQUEST_ID, REQUEST_ID_NAME};
@@ -200,7 +201,9 @@ impl ProxyHttp for Gateway {
         ctx.req.route = route.name.clone();
         ctx.route = Some(route.clone());
 
-        if let Some(stop) = chain::run_request(&route.chain, session, &mut ctx.req).await {
+        let ran = chain::run_request(&route.chain, session, &mut ctx.req).await;
+        ctx.consumer_chain = ran.chain;
+        if let Some(stop) = ran.stop {
             if let Some(code) = stop.answer.code {
                 ctx.error_code = Some(code);
                 let status = stop.answer.status;
@@ -457,7 +460,7 @@ impl ProxyHttp for Gateway {
             }
         }
         forwarding::set_identity_headers(upstream_request, &ctx.req)?;
-        for p in route.chain.iter() {
+        for p in plugins(&route, &ctx.consumer_chain) {
             p.upstream_request(upstream_request, &mut ctx.req);
         }
         Ok(())
@@ -581,7 +584,8 @@ impl ProxyHttp for Gateway {
                 return Error::e_explain(ErrorType::ReadTimedout, "request body too slow");
             }
         }
-        for p in route.chain.iter().filter(|p| p.wants_request_body()) {
+        let chain = plugins(&route, &ctx.consumer_chain);
+        for p in chain.iter().filter(|p| p.wants_request_body()) {
             if let Some(answer) = p.request_body(body.as_ref(), end_of_stream, &mut ctx.req) {
                 let status = answer.status.as_u16();
                 METRICS
@@ -742,7 +746,7 @@ impl ProxyHttp for Gateway {
         drop(ctx.attempt.take());
         if let Some(r) = &ctx.route {
             r.duration.observe(elapsed.as_secs_f64());
-            for p in r.chain.iter() {
+            for p in plugins(r, &ctx.consumer_chain) {
                 p.log(status, &mut ctx.req);
             }
         }

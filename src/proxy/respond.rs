@@ -2,6 +2,7 @@
 //! path): the response hooks of the matched route run on their header first, as on an
 //! upstream response.
 
+use super::ctx::plugins;
 use super::error::GatewayError;
 use super::forwarding::REQUEST_ID;
 use super::{Ctx, Gateway};
@@ -70,7 +71,7 @@ impl Gateway {
     pub(super) fn finish_header(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         let mut request_id = true;
         if let Some(route) = &ctx.route {
-            for p in route.chain.iter() {
+            for p in plugins(route, &ctx.consumer_chain) {
                 p.response(resp, &mut ctx.req);
             }
             request_id = route.request_id;

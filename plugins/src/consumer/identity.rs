@@ -17,6 +17,10 @@ pub struct Consumer {
     pub groups: Vec<String>,
     /// Header values, built once.
     pub headers: IdentityHeaders,
+    /// Index of this consumer's plugins (its own and its groups') in
+    /// [`Consumers::plugin_sets`](super::Consumers::plugin_sets); `None` when it has none, so
+    /// its requests run the route's chain as it is.
+    pub plugin_set: Option<usize>,
 }
 
 /// Precomputed identity header values of a consumer.

@@ -48,6 +48,19 @@ pub struct Consumers {
     key_hasher: RandomState,
     basic: HashMap<String, BasicEntry>,
     jwt: HashMap<String, JwtKey>,
+    plugin_sets: Vec<PluginSet>,
+}
+
+/// The plugins one or more consumers add to a route's chain: the consumer's own
+/// (`[[consumers]] plugins`) and those of its groups (`[[consumer_groups]] plugins`). Consumers
+/// with the same groups and no plugins of their own share a set, so a route has one chain per
+/// set, not per consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSet {
+    /// The consumer whose own `plugins` are in the set (index in `[[consumers]]`).
+    pub consumer: Option<usize>,
+    /// Groups with plugins, in the consumer's order.
+    pub groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +79,9 @@ struct ConsumerSection {
     basic_auth: Option<BasicSpec>,
     #[serde(default)]
     jwt: Vec<JwtKeySpec>,
+    /// Compiled by the gateway (it has the plugin registry); here only whether there are any.
+    #[serde(default)]
+    plugins: Vec<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +111,12 @@ fn header_value(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> HeaderVal
 
 impl Consumers {
     /// Compile the `[[consumers]]` array; error paths are absolute (`consumers[i]...`).
-    pub fn build(value: Option<&toml::Value>) -> Result<Self, Vec<ConfigError>> {
+    /// `plugin_groups` names the groups that have plugins (`[[consumer_groups]]`), which
+    /// decides each consumer's [`PluginSet`].
+    pub fn build(
+        value: Option<&toml::Value>,
+        plugin_groups: &[String],
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut out = Consumers::default();
         let mut errors = Vec::new();
         let Some(value) = value else {
@@ -149,12 +170,32 @@ impl Consumers {
                     ));
                 }
             }
+            let set = PluginSet {
+                consumer: (!sec.plugins.is_empty()).then_some(i),
+                groups: sec
+                    .groups
+                    .iter()
+                    .filter(|g| plugin_groups.contains(g))
+                    .cloned()
+                    .collect(),
+            };
+            let plugin_set =
+                (set.consumer.is_some() || !set.groups.is_empty()).then(|| {
+                    match out.plugin_sets.iter().position(|s| *s == set) {
+                        Some(k) => k,
+                        None => {
+                            out.plugin_sets.push(set);
+                            out.plugin_sets.len() - 1
+                        }
+                    }
+                });
             let consumer = Arc::new(Consumer {
                 username: sec.username.clone(),
                 id,
                 custom_id: sec.custom_id.clone(),
                 groups: sec.groups.clone(),
                 headers,
+                plugin_set,
             });
             for (k, spec) in sec.keys.iter().enumerate() {
                 let kat = format!("{at}.keys[{k}]");
@@ -239,6 +280,11 @@ impl Consumers {
         } else {
             Err(errors)
         }
+    }
+
+    /// The distinct plugin sets of the consumers ([`Consumer::plugin_set`] indexes this).
+    pub fn plugin_sets(&self) -> &[PluginSet] {
+        &self.plugin_sets
     }
 
     /// A consumer by username.
