@@ -4,14 +4,18 @@ FROM rust:1-bookworm AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked
+# A custom binary (docs/plugins.md) builds the same way:
+#   docker build --build-arg PACKAGE=tollgate-example-custom-plugin --build-arg BIN=tollgate-hmac .
+ARG PACKAGE=tollgate
+ARG BIN=tollgate
+RUN cargo build --release --locked -p "$PACKAGE" --bin "$BIN" && cp "target/release/$BIN" /tollgate
 
 FROM debian:bookworm-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /nonexistent tollgate \
     && mkdir -p /etc/tollgate
-COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+COPY --from=build /tollgate /usr/local/bin/tollgate
 # The default config keeps the admin listener (/metrics, /healthz, /readyz, /cache/purge) on
 # the container's loopback, where HEALTHCHECK reaches it. To scrape it from outside, mount a
 # config with admin_listen = "0.0.0.0:9090" and admin_token = "${TOLLGATE_ADMIN_TOKEN}" (a

@@ -289,7 +289,9 @@ impl Metrics {
             }
         }
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(tollgate_plugins::metrics::gather_custom());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             log::error!("could not encode metrics: {e}");
         }
         out

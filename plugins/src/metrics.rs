@@ -1,8 +1,9 @@
 //! Metrics owned by plugins. The gateway registers [`collectors`] in its registry, so they
-//! appear on its `/metrics` with everything else.
+//! appear on its `/metrics` with everything else; a custom plugin's metrics join them through
+//! [`register`].
 
 use prometheus::core::Collector;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, Opts, Registry};
 use std::sync::LazyLock;
 
 /// Plugin metrics.
@@ -52,4 +53,19 @@ pub fn collectors() -> Vec<Box<dyn Collector>> {
         Box::new(METRICS.ratelimit_store_errors.clone()),
         Box::new(METRICS.cache_store_errors.clone()),
     ]
+}
+
+/// Metrics registered by plugins outside this crate.
+static CUSTOM: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// Add a custom plugin's metric to the gateway's `/metrics`. Call it once, when the metric is
+/// made (a `LazyLock` in the plugin's own `metrics` module, say), not per plugin instance:
+/// a reload builds plugins again. Fails if a metric of that name is already registered.
+pub fn register(collector: Box<dyn Collector>) -> prometheus::Result<()> {
+    CUSTOM.register(collector)
+}
+
+/// The custom plugins' metrics, for the gateway's `/metrics`.
+pub fn gather_custom() -> Vec<prometheus::proto::MetricFamily> {
+    CUSTOM.gather()
 }

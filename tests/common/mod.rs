@@ -25,8 +25,15 @@ pub use serde_json::Value as Json;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a gateway gets to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Path of the gateway binary built by cargo for these tests.
-pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// Path of the gateway binary built by cargo for these tests: `tollgate`, or the custom
+/// binary of `examples/custom-plugin` when its tests include this harness.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_tollgate") {
+    Some(bin) => bin,
+    None => match option_env!("CARGO_BIN_EXE_tollgate-hmac") {
+        Some(bin) => bin,
+        None => panic!("no gateway binary in this package"),
+    },
+};
 
 mod client;
 mod gateway;
