@@ -20,6 +20,8 @@ fi
 # Lints first: they are part of "the tests pass".
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The library API is public: every public item documented (missing_docs), no broken doc links.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked "$@"
 # Fresh cache hits have a fast path; the cache tests also run with every request on the full
 # RFC 9111 path.

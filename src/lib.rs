@@ -4,6 +4,8 @@
 //! pools, per-route plugin chains) and serves it through one `ProxyHttp` implementation
 //! ([`proxy::Gateway`]). See `docs/` for the config reference.
 
+#![warn(missing_docs)]
+
 pub mod access_log;
 pub mod admin;
 pub mod certs;

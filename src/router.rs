@@ -105,8 +105,11 @@ impl PathMatch {
 /// `~regex`.
 #[derive(Debug, Clone)]
 pub enum ValueMatch {
+    /// `*`: the value is present, whatever it is.
     Present,
+    /// The value equals this.
     Exact(String),
+    /// `~regex`: the value matches.
     Regex(Regex),
 }
 

@@ -10,6 +10,8 @@
 //! What must outlive a reload (counters, connections, the response cache) a plugin asks the
 //! [`SharedState`] for when it is built.
 
+#![warn(missing_docs)]
+
 pub mod acl;
 pub mod answer;
 pub mod auth_failure_limit;

@@ -1,6 +1,6 @@
 //! The client connection before Pingora sees it: [`GuardedApp`] wraps the proxy's
 //! `ServerApp`, bounds the number of open connections (per listener, per client address)
-//! and hands Pingora a [`GuardedStream`](guard::GuardedStream) whose request heads are timed
+//! and hands Pingora a [`guard::GuardedStream`] whose request heads are timed
 //! and sized, so a slow or oversized head (slowloris) costs a connection slot for at most
 //! `header_timeout_ms` and at most about `max_header_bytes` of memory.
 

@@ -7,8 +7,8 @@
 //! | `new_ctx` | a request head has arrived | load the running [`Snapshot`] once |
 //! | `early_request_filter` | before Pingora's downstream modules | keep-alive timeout |
 //! | `request_filter` | once per request | head size, routing, the route's plugin chain, split, cache use |
-//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter` | routes with `cache` | [`cache`] and the route's `CachePolicy` |
-//! | `upstream_peer` | before each attempt (again on retry) | breaker, backend pick, timeouts ([`attempt`]) |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter` | routes with `cache` | `cache` and the route's `CachePolicy` |
+//! | `upstream_peer` | before each attempt (again on retry) | breaker, backend pick, timeouts (`attempt`) |
 //! | `fail_to_connect`, `error_while_proxy` | an attempt failed | retry decisions |
 //! | `upstream_request_filter` | before the head goes upstream | [`forwarding`], plugins' upstream hooks |
 //! | `request_body_filter` | per request body chunk | plugins' body hooks |

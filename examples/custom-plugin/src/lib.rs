@@ -9,6 +9,8 @@
 //! This is the example of `docs/plugins.md`: one config struct, one constructor that
 //! validates it with TOML paths, hooks that take only what they need.
 
+#![warn(missing_docs)]
+
 pub mod metrics;
 
 use hmac::{Hmac, Mac};
