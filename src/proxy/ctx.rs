@@ -59,6 +59,9 @@ pub struct Ctx {
     pub(super) request_id_value: Option<HeaderValue>,
     /// The URI sent upstream when the route rewrites the path.
     pub(super) upstream_uri: Option<http::Uri>,
+    /// The response has a body and the route has response-body hooks: they run on each
+    /// chunk (decided in `response_filter`).
+    pub(super) response_body_hooks: bool,
 }
 
 impl Ctx {
@@ -89,6 +92,7 @@ impl Ctx {
             body_progress: None,
             request_id_value: None,
             upstream_uri: None,
+            response_body_hooks: false,
         }
     }
 
