@@ -332,7 +332,7 @@ impl Plugin for ResponseTransform {
         if resp.status.is_informational() {
             return;
         }
-        if !ctx.extensions.get::<Seen>().is_some_and(|s| !s.head) {
+        if ctx.extensions.get::<Seen>().is_none_or(|s| s.head) {
             return;
         }
         let Some(json) = self.selects(resp) else {
