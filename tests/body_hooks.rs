@@ -463,3 +463,65 @@ fn sse_events_arrive_one_by_one_through_body_hooks() {
         }
     }
 }
+
+#[test]
+fn cached_responses_are_stored_as_they_came_and_compressed_per_request() {
+    let up = RawUpstream::with(|r| {
+        reply_for(
+            r,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "public, max-age=60"),
+            ],
+            JSON.repeat(40).as_slice(),
+        )
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "o"
+backends = ["{}"]
+
+[[routes]]
+name = "cached"
+paths = ["/c"]
+upstream = "o"
+plugins = ["cache", {{ name = "compress", algorithms = ["gzip"] }}]
+"#,
+        up.address()
+    ));
+    let original = JSON.repeat(40);
+    let mut c = RawConn::connect(gw.addr);
+    // Miss (streamed through Pingora's cache phases), then hits: gzip for whoever asks,
+    // the stored identity body for whoever does not.
+    for (i, ae) in ["gzip", "gzip", "", "gzip"].iter().enumerate() {
+        let extra = if ae.is_empty() {
+            String::new()
+        } else {
+            format!("accept-encoding: {ae}\r\n")
+        };
+        let r = exchange(&mut c, "GET", "/c/x", &extra);
+        let status = r.header("x-cache-status").unwrap_or("").to_string();
+        assert_eq!(
+            status,
+            if i == 0 { "MISS" } else { "HIT" },
+            "{}",
+            describe_response(&r)
+        );
+        if ae.is_empty() {
+            assert_eq!(r.header("content-encoding"), None);
+            assert_eq!(r.body, original);
+        } else {
+            assert_eq!(
+                r.header("content-encoding"),
+                Some("gzip"),
+                "{i}: {}",
+                describe_response(&r)
+            );
+            assert_eq!(gunzip_bytes(&r.body), original, "{i}");
+        }
+        assert!(r.header_all("vary").contains(&"Accept-Encoding"), "{i}");
+    }
+    assert_eq!(up.count(), 1);
+}
