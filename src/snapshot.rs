@@ -77,6 +77,10 @@ pub struct Route {
     pub split: Option<crate::split::Split>,
     /// Some plugin of the chain looks at request body chunks.
     pub body_hooks: bool,
+    /// Some plugin of the chain looks at response body chunks
+    /// ([`Plugin::wants_response_body`](tollgate_plugins::Plugin::wants_response_body)); a
+    /// route without one passes bodies through untouched.
+    pub response_body_hooks: bool,
     /// The chain has `cors`: a preflight is answered even when `methods` leaves out
     /// `OPTIONS`.
     pub cors: bool,

@@ -17,6 +17,13 @@ pub struct PluginMetrics {
     /// out (`op`: `lookup`, `write`, `update`, `purge`); lookups became misses, writes were
     /// dropped, purges reported the error.
     pub cache_store_errors: IntCounterVec,
+    /// `tollgate_response_transforms_total{route,result}`: responses the `response_transform`
+    /// plugin buffered, by what became of them: `transformed`, `too_large` (over
+    /// `max_body_bytes`: passed through unchanged), `invalid` (not JSON: unchanged).
+    pub response_transforms: IntCounterVec,
+    /// `tollgate_compressed_responses_total{route,encoding}`: responses the `compress` plugin
+    /// encoded, by content coding (`br`, `gzip`, `zstd`).
+    pub compressed_responses: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -44,6 +51,16 @@ pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| PluginMetrics {
         "Shared response-cache storage failures by storage and operation",
         &["storage", "op"],
     ),
+    response_transforms: counter(
+        "tollgate_response_transforms_total",
+        "Responses buffered by response_transform, by route and result",
+        &["route", "result"],
+    ),
+    compressed_responses: counter(
+        "tollgate_compressed_responses_total",
+        "Responses compressed by the compress plugin, by route and content coding",
+        &["route", "encoding"],
+    ),
 });
 
 /// Every plugin metric, for the gateway's registry.
@@ -52,6 +69,8 @@ pub fn collectors() -> Vec<Box<dyn Collector>> {
         Box::new(METRICS.ratelimit_decisions.clone()),
         Box::new(METRICS.ratelimit_store_errors.clone()),
         Box::new(METRICS.cache_store_errors.clone()),
+        Box::new(METRICS.response_transforms.clone()),
+        Box::new(METRICS.compressed_responses.clone()),
     ]
 }
 

@@ -28,6 +28,8 @@ pub enum Phase {
     Limits,
     /// Request and response transforms.
     Transform,
+    /// Response encoding (`compress`): its body hook sees what every transform produced.
+    Encode,
     /// Plugins that answer instead of an upstream (`mock`): always last.
     Respond,
 }

@@ -455,6 +455,7 @@ fn compile_route(
         body_hooks: every_chain().flatten().any(|p| p.wants_request_body())
             || r.request_body
                 .is_some_and(|b| b.min_rate_bytes_per_second > 0),
+        response_body_hooks: every_chain().flatten().any(|p| p.wants_response_body()),
         request_body: r.request_body,
         cors: chain.iter().any(|p| p.name() == "cors"),
         split_body_max_bytes: r.split_body_max_bytes,

@@ -62,6 +62,9 @@ pub struct Ctx {
     pub(super) upstream_uri: Option<http::Uri>,
     /// The authenticated consumer's chain, when its plugins change the route's.
     pub(super) consumer_chain: Option<Plugins>,
+    /// The response has a body and the route has response-body hooks: they run on each
+    /// chunk (decided in `response_filter`).
+    pub(super) response_body_hooks: bool,
 }
 
 /// The plugins a request runs: its consumer's chain once one was chosen, else the route's.
@@ -102,6 +105,7 @@ impl Ctx {
             request_id_value: None,
             upstream_uri: None,
             consumer_chain: None,
+            response_body_hooks: false,
         }
     }
 

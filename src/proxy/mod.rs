@@ -14,7 +14,8 @@
 //! | `request_body_filter` | per request body chunk | plugins' body hooks |
 //! | `upstream_response_filter` | the upstream's head arrived (before the cache stores it) | status retries, passive health, breaker |
 //! | `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | routes with `cache` | the route's `CachePolicy` |
-//! | `response_filter` | before the head goes to the client (hits too) | cache status, plugins' response hooks, request id |
+//! | `response_filter` | before the head goes to the client (hits too) | cache status, plugins' response hooks, request id, body framing (`response_body`) |
+//! | `response_body_filter` | per response body chunk (hits too) | plugins' response-body hooks (`response_body`) |
 //! | `fail_to_proxy` | the request failed | the [`GatewayError`] answer ([`error`]) |
 //! | `logging` | always, last | metrics, plugins' log hooks, the access log; the attempt settles |
 
@@ -25,6 +26,7 @@ mod ctx;
 pub mod error;
 pub mod forwarding;
 mod respond;
+mod response_body;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::framing;
@@ -664,6 +666,11 @@ impl ProxyHttp for Gateway {
             cache::invalidate(&policy, urls).await;
         }
         self.finish_header(upstream_response, ctx);
+        ctx.response_body_hooks = ctx.route.as_ref().is_some_and(|r| r.response_body_hooks)
+            && response_body::has_body(session.req_header(), upstream_response);
+        if ctx.response_body_hooks && !session.is_http2() {
+            response_body::frame_h1(upstream_response);
+        }
         if !session.is_http2() {
             self.origin_date.mark(upstream_response);
         }
@@ -672,6 +679,26 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.response_body_hooks {
+            if let Some(route) = &ctx.route {
+                response_body::run(
+                    plugins(route, &ctx.consumer_chain),
+                    body,
+                    end_of_stream,
+                    &mut ctx.req,
+                );
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -1,11 +1,13 @@
 //! Answers the gateway makes itself (errors, plugin answers, fresh hits of the cache's fast
 //! path): the response hooks of the matched route run on their header first, as on an
-//! upstream response.
+//! upstream response, then its response-body hooks on the whole body (one last chunk).
 
 use super::ctx::plugins;
 use super::error::GatewayError;
 use super::forwarding::REQUEST_ID;
+use super::response_body;
 use super::{Ctx, Gateway};
+use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -41,13 +43,14 @@ impl Gateway {
         }
         self.finish_header(&mut resp, ctx);
         self.close_if_draining(session);
+        let body = self.whole_body_hooks(session, ctx, &mut resp, answer.body);
         let head = session.req_header().method == http::Method::HEAD;
-        let no_body = head || answer.body.is_empty();
+        let no_body = head || body.is_empty();
         session
             .write_response_header(Box::new(resp), no_body)
             .await?;
         if !no_body {
-            session.write_response_body(Some(answer.body), true).await?;
+            session.write_response_body(Some(body), true).await?;
         }
         Ok(())
     }
@@ -78,6 +81,32 @@ impl Gateway {
         }
         if let Some(v) = ctx.request_id_value().filter(|_| request_id) {
             let _ = resp.insert_header(REQUEST_ID, v);
+        }
+    }
+
+    /// The route's response-body hooks on a body that is whole in memory (answers, fresh
+    /// hits), after the header hooks ran on `resp`; `Content-Length` then gives the length of
+    /// what they returned. Responses without a body (HEAD, 204, 304) are left alone.
+    fn whole_body_hooks(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        resp: &mut ResponseHeader,
+        body: Bytes,
+    ) -> Bytes {
+        match &ctx.route {
+            Some(route)
+                if route.response_body_hooks
+                    && response_body::has_body(session.req_header(), resp) =>
+            {
+                response_body::run_whole(
+                    plugins(route, &ctx.consumer_chain),
+                    resp,
+                    body,
+                    &mut ctx.req,
+                )
+            }
+            _ => body,
         }
     }
 
@@ -124,14 +153,13 @@ impl Gateway {
             }
         }
         self.close_if_draining(session);
-        let no_body = session.req_header().method == http::Method::HEAD || copy.body.is_empty();
+        let body = self.whole_body_hooks(session, ctx, &mut resp, copy.body.clone());
+        let no_body = session.req_header().method == http::Method::HEAD || body.is_empty();
         session
             .write_response_header(Box::new(resp), no_body)
             .await?;
         if !no_body {
-            session
-                .write_response_body(Some(copy.body.clone()), true)
-                .await?;
+            session.write_response_body(Some(body), true).await?;
         }
         Ok(())
     }
