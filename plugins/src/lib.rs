@@ -14,6 +14,7 @@ pub mod acl;
 pub mod answer;
 pub mod auth_failure_limit;
 pub mod basic_auth;
+pub mod body;
 pub mod build_ctx;
 pub mod cache;
 pub mod chain;
