@@ -23,6 +23,8 @@ pub mod config_error;
 pub mod consumer;
 pub mod context;
 pub mod cors;
+pub mod external;
+pub mod forward_auth;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt;

@@ -4,8 +4,8 @@ use crate::build_ctx::BuildCtx;
 use crate::config_error::ConfigError;
 use crate::plugin::Plugin;
 use crate::{
-    acl, auth_failure_limit, basic_auth, cache, concurrency, cors, headers, ip_restriction, jwt,
-    key_auth, mock, rate_limit, request_size,
+    acl, auth_failure_limit, basic_auth, cache, concurrency, cors, forward_auth, headers,
+    ip_restriction, jwt, key_auth, mock, rate_limit, request_size,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ impl Registry {
         r.register(request_size::NAME, request_size::build);
         r.register(cors::NAME, cors::build);
         r.register(cache::NAME, cache::build);
+        r.register(forward_auth::NAME, forward_auth::build);
+
         r
     }
 
