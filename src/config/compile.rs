@@ -475,7 +475,10 @@ fn compile_route(
     // Stable: within a phase, globals first, then the route's order.
     chain.sort_by_key(|p| p.phase());
 
-    if chain.iter().any(|p| p.phase() == Phase::Authorization)
+    // acl decides by the consumer; forward_auth (also authorization) asks its service alone.
+    if chain
+        .iter()
+        .any(|p| p.name() == tollgate_plugins::acl::NAME)
         && !chain.iter().any(|p| p.phase() == Phase::Authentication)
     {
         errors.push(ConfigError::new(
