@@ -7,7 +7,7 @@ use crate::config_error::ConfigError;
 use crate::metrics::METRICS;
 use crate::state::SharedState;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
@@ -56,7 +56,10 @@ pub enum Failure {
     Io,
     /// The answer (or its body) was larger than allowed.
     TooLarge,
-    /// The answer could not be understood (bad status, bad JSON, bad header).
+    /// The service answered with a status the protocol does not allow (`ext_proc`: not 200
+    /// or 204).
+    Status,
+    /// The answer could not be understood (bad JSON, bad header, bad path).
     Malformed,
 }
 
@@ -68,6 +71,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Io => "io",
             Failure::TooLarge => "too_large",
+            Failure::Status => "status",
             Failure::Malformed => "malformed",
         }
     }
@@ -336,14 +340,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         || name == TRAILER
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
-}
-
-/// Every value of `name` in `head`, in order.
-pub fn values<'a>(
-    headers: &'a http::HeaderMap,
-    name: &'a HeaderName,
-) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-    headers.get_all(name).iter()
 }
 
 #[cfg(test)]

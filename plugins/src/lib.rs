@@ -23,6 +23,7 @@ pub mod config_error;
 pub mod consumer;
 pub mod context;
 pub mod cors;
+pub mod ext_proc;
 pub mod external;
 pub mod forward_auth;
 pub mod headers;

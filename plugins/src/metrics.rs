@@ -21,7 +21,7 @@ pub struct PluginMetrics {
     /// `continued`, `mutated`, `immediate` or `failed`.
     pub external_call_duration: HistogramVec,
     /// `tollgate_external_call_failures_total{plugin,route,reason,failure_mode}`: calls that
-    /// failed (`reason`: `connect`, `timeout`, `io`, `too_large`, `malformed`) and the
+    /// failed (`reason`: `connect`, `timeout`, `io`, `too_large`, `status`, `malformed`) and the
     /// failure mode that was applied (`deny`, `allow`).
     pub external_call_failures: IntCounterVec,
     /// `tollgate_forward_auth_cache_total{route,result}`: decision cache lookups of

@@ -4,7 +4,7 @@ use crate::build_ctx::BuildCtx;
 use crate::config_error::ConfigError;
 use crate::plugin::Plugin;
 use crate::{
-    acl, auth_failure_limit, basic_auth, cache, concurrency, cors, forward_auth, headers,
+    acl, auth_failure_limit, basic_auth, cache, concurrency, cors, ext_proc, forward_auth, headers,
     ip_restriction, jwt, key_auth, mock, rate_limit, request_size,
 };
 use std::collections::BTreeMap;
@@ -39,6 +39,7 @@ impl Registry {
         r.register(cors::NAME, cors::build);
         r.register(cache::NAME, cache::build);
         r.register(forward_auth::NAME, forward_auth::build);
+        r.register(ext_proc::NAME, ext_proc::build);
 
         r
     }
