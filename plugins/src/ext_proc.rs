@@ -164,7 +164,8 @@ fn parse_request_answer(status: StatusCode, body: &[u8]) -> Result<Verdict, Fail
             status,
             headers: changes.set,
             body: Bytes::from(i.body),
-            code: Some("ext_proc_response"),
+            // Counted as a refusal only when it is one.
+            code: (status.as_u16() >= 400).then_some("ext_proc_response"),
         }));
     }
     let path = match reply.path {

@@ -243,6 +243,10 @@ impl Service {
             .read_resp_header_parts()
             .await
             .map_err(|_| Failure::Io)?;
+        if head.status.is_informational() {
+            // Nothing here asks for an interim answer (no `Expect`, no upgrade).
+            return Err(Failure::Malformed);
+        }
         let mut buf = bytes::BytesMut::new();
         loop {
             match session.read_body_ref().await.map_err(|_| Failure::Io)? {
