@@ -234,22 +234,22 @@ impl Service {
         session
             .write_request_header(Box::new(req))
             .await
-            .map_err(|_| Failure::Io)?;
+            .map_err(|e| io_failure(&e))?;
         if !body.is_empty() {
-            session.write_body(body).await.map_err(|_| Failure::Io)?;
+            session.write_body(body).await.map_err(|e| io_failure(&e))?;
         }
-        session.finish_body().await.map_err(|_| Failure::Io)?;
+        session.finish_body().await.map_err(|e| io_failure(&e))?;
         let head = session
             .read_resp_header_parts()
             .await
-            .map_err(|_| Failure::Io)?;
+            .map_err(|e| io_failure(&e))?;
         if head.status.is_informational() {
             // Nothing here asks for an interim answer (no `Expect`, no upgrade).
             return Err(Failure::Malformed);
         }
         let mut buf = bytes::BytesMut::new();
         loop {
-            match session.read_body_ref().await.map_err(|_| Failure::Io)? {
+            match session.read_body_ref().await.map_err(|e| io_failure(&e))? {
                 None => break,
                 Some(chunk) if buf.len() + chunk.len() > self.limits.max_answer_bytes => {
                     // Not read to its end: the connection cannot be reused.
@@ -301,6 +301,16 @@ impl Service {
                 self.failure_mode.label()
             );
         }
+    }
+}
+
+/// A read or write error: Pingora's own timeouts (set to the same deadline) are timeouts too,
+/// whichever of the two fires first.
+fn io_failure(e: &pingora::Error) -> Failure {
+    use pingora::ErrorType::{ReadTimedout, WriteTimedout};
+    match e.etype() {
+        ReadTimedout | WriteTimedout => Failure::Timeout,
+        _ => Failure::Io,
     }
 }
 
