@@ -81,6 +81,9 @@ pub struct Route {
     /// ([`Plugin::wants_response_body`](tollgate_plugins::Plugin::wants_response_body)); a
     /// route without one passes bodies through untouched.
     pub response_body_hooks: bool,
+    /// Some plugin of the route's chains has an async hook on the upstream's response head
+    /// (`ext_proc`).
+    pub upstream_response_hooks: bool,
     /// The chain has `cors`: a preflight is answered even when `methods` leaves out
     /// `OPTIONS`.
     pub cors: bool,

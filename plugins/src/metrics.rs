@@ -3,7 +3,7 @@
 //! [`register`].
 
 use prometheus::core::Collector;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::sync::LazyLock;
 
 /// Plugin metrics.
@@ -24,6 +24,17 @@ pub struct PluginMetrics {
     /// `tollgate_compressed_responses_total{route,encoding}`: responses the `compress` plugin
     /// encoded, by content coding (`br`, `gzip`, `zstd`).
     pub compressed_responses: IntCounterVec,
+    /// `tollgate_external_call_duration_seconds{plugin,route,outcome}`: calls of
+    /// `forward_auth` and `ext_proc` to their service; `outcome` is `allowed`, `denied`,
+    /// `continued`, `mutated`, `immediate` or `failed`.
+    pub external_call_duration: HistogramVec,
+    /// `tollgate_external_call_failures_total{plugin,route,reason,failure_mode}`: calls that
+    /// failed (`reason`: `connect`, `timeout`, `io`, `too_large`, `status`, `malformed`) and the
+    /// failure mode that was applied (`deny`, `allow`).
+    pub external_call_failures: IntCounterVec,
+    /// `tollgate_forward_auth_cache_total{route,result}`: decision cache lookups of
+    /// `forward_auth` (`hit`, `miss`).
+    pub forward_auth_cache: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -34,8 +45,26 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     }
 }
 
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    match HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    ) {
+        Ok(h) => h,
+        // Names, labels and buckets are constants: this only fails if the code here is wrong.
+        Err(e) => panic!("invalid metric {name}: {e}"),
+    }
+}
+
+/// Buckets of external call durations: a service on the request path answers in
+/// milliseconds; the largest buckets show timeouts.
+const CALL_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// The plugins' metrics.
-pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| PluginMetrics {
+pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| {
+    PluginMetrics {
     ratelimit_decisions: counter(
         "tollgate_ratelimit_decisions_total",
         "Rate-limit decisions by route and result",
@@ -61,6 +90,23 @@ pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| PluginMetrics {
         "Responses compressed by the compress plugin, by route and content coding",
         &["route", "encoding"],
     ),
+    external_call_duration: histogram(
+        "tollgate_external_call_duration_seconds",
+        "Calls of forward_auth and ext_proc to their service, by plugin, route and outcome",
+        &["plugin", "route", "outcome"],
+        &CALL_BUCKETS,
+    ),
+    external_call_failures: counter(
+        "tollgate_external_call_failures_total",
+        "Failed calls of forward_auth and ext_proc by plugin, route, reason and the failure mode applied",
+        &["plugin", "route", "reason", "failure_mode"],
+    ),
+    forward_auth_cache: counter(
+        "tollgate_forward_auth_cache_total",
+        "forward_auth decision cache lookups by route and result",
+        &["route", "result"],
+    ),
+}
 });
 
 /// Every plugin metric, for the gateway's registry.
@@ -71,6 +117,9 @@ pub fn collectors() -> Vec<Box<dyn Collector>> {
         Box::new(METRICS.cache_store_errors.clone()),
         Box::new(METRICS.response_transforms.clone()),
         Box::new(METRICS.compressed_responses.clone()),
+        Box::new(METRICS.external_call_duration.clone()),
+        Box::new(METRICS.external_call_failures.clone()),
+        Box::new(METRICS.forward_auth_cache.clone()),
     ]
 }
 

@@ -125,6 +125,23 @@ pub trait Plugin: Send + Sync + 'static {
     /// Change the request that is about to be sent upstream (headers, path).
     fn upstream_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) {}
 
+    /// Whether [`Plugin::upstream_response`] must be called (lets the gateway skip it).
+    fn wants_upstream_response(&self) -> bool {
+        false
+    }
+
+    /// The response head from the upstream (or the cache), before [`Plugin::response`] and
+    /// before it is sent downstream; unlike `response` it may wait (call a service). An
+    /// answer is sent instead of the response. Not called for answers made by plugins or
+    /// the gateway.
+    async fn upstream_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Option<Answer> {
+        None
+    }
+
     /// Change the response header before it is sent downstream. Runs for upstream responses and
     /// for answers made by plugins or the gateway on a matched route.
     fn response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}

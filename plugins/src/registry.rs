@@ -4,8 +4,9 @@ use crate::build_ctx::BuildCtx;
 use crate::config_error::ConfigError;
 use crate::plugin::Plugin;
 use crate::{
-    acl, auth_failure_limit, basic_auth, cache, compress, concurrency, cors, headers,
-    ip_restriction, jwt, key_auth, mock, rate_limit, request_size, response_transform,
+    acl, auth_failure_limit, basic_auth, cache, compress, concurrency, cors, ext_proc,
+    forward_auth, headers, ip_restriction, jwt, key_auth, mock, rate_limit, request_size,
+    response_transform,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ impl Registry {
         r.register(cache::NAME, cache::build);
         r.register(response_transform::NAME, response_transform::build);
         r.register(compress::NAME, compress::build);
+        r.register(forward_auth::NAME, forward_auth::build);
+        r.register(ext_proc::NAME, ext_proc::build);
+
         r
     }
 

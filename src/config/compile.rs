@@ -373,7 +373,10 @@ fn compile_route(
     let per_consumer = consumer_plugins.chains(&chain, errors, reported);
     let every_chain = || std::iter::once(&chain[..]).chain(per_consumer.iter().map(|c| &c[..]));
 
-    if chain.iter().any(|p| p.phase() == Phase::Authorization)
+    // acl decides by the consumer; forward_auth (also authorization) asks its service alone.
+    if chain
+        .iter()
+        .any(|p| p.name() == tollgate_plugins::acl::NAME)
         && !chain.iter().any(|p| p.phase() == Phase::Authentication)
     {
         errors.push(ConfigError::new(
@@ -456,6 +459,7 @@ fn compile_route(
             || r.request_body
                 .is_some_and(|b| b.min_rate_bytes_per_second > 0),
         response_body_hooks: every_chain().flatten().any(|p| p.wants_response_body()),
+        upstream_response_hooks: every_chain().flatten().any(|p| p.wants_upstream_response()),
         request_body: r.request_body,
         cors: chain.iter().any(|p| p.name() == "cors"),
         split_body_max_bytes: r.split_body_max_bytes,

@@ -14,7 +14,7 @@
 //! | `request_body_filter` | per request body chunk | plugins' body hooks |
 //! | `upstream_response_filter` | the upstream's head arrived (before the cache stores it) | status retries, passive health, breaker |
 //! | `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | routes with `cache` | the route's `CachePolicy` |
-//! | `response_filter` | before the head goes to the client (hits too) | cache status, plugins' response hooks, request id, body framing (`response_body`) |
+//! | `response_filter` | before the head goes to the client (hits too) | plugins' async response-head hooks (`ext_proc`), cache status, plugins' response hooks, request id, body framing (`response_body`) |
 //! | `response_body_filter` | per response body chunk (hits too) | plugins' response-body hooks (`response_body`) |
 //! | `fail_to_proxy` | the request failed | the [`GatewayError`] answer ([`error`]) |
 //! | `logging` | always, last | metrics, plugins' log hooks, the access log; the attempt settles |
@@ -42,6 +42,7 @@ use async_trait::async_trait;
 use attempt::{Attempt, BreakerTicket};
 use body::{
     has_large_body, has_small_body, read_body, read_small_body, sha256, too_slow, BodyError,
+    ReadAhead,
 };
 use ctx::plugins;
 pub use ctx::Ctx;
@@ -233,18 +234,25 @@ impl ProxyHttp for Gateway {
             }
             None => {}
         }
+        // A plugin (ext_proc) may have read the body already: it cannot be read twice.
+        if let Some(ReadAhead(b)) = ctx.req.extensions.remove::<ReadAhead>() {
+            ctx.body = Some(b);
+        }
         if let Some(rb) = route.request_body {
             session
                 .as_mut()
                 .set_read_timeout(Some(Duration::from_millis(rb.read_timeout_ms)));
             if rb.buffer {
                 if matches!(content_length(session.req_header()), Some(Ok(n)) if n > rb.max_bytes as u64)
+                    || ctx.body.as_ref().is_some_and(|b| b.len() > rb.max_bytes)
                 {
                     return self.refuse_body(session, ctx, BodyError::TooLarge).await;
                 }
-                match read_body(session, rb.max_bytes, rb.min_rate_bytes_per_second).await {
-                    Ok(b) => ctx.body = Some(b),
-                    Err(e) => return self.refuse_body(session, ctx, e).await,
+                if ctx.body.is_none() {
+                    match read_body(session, rb.max_bytes, rb.min_rate_bytes_per_second).await {
+                        Ok(b) => ctx.body = Some(b),
+                        Err(e) => return self.refuse_body(session, ctx, e).await,
+                    }
                 }
             }
         }
@@ -654,6 +662,21 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(route) = ctx.route.clone().filter(|r| r.upstream_response_hooks) {
+            // Owned handles: the hooks are awaited while `ctx.req` is borrowed.
+            let consumer_chain = ctx.consumer_chain.clone();
+            let chain = plugins(&route, &consumer_chain);
+            for p in chain.iter().filter(|p| p.wants_upstream_response()) {
+                if let Some(answer) = p.upstream_response(upstream_response, &mut ctx.req).await {
+                    // Sent by fail_to_proxy instead of this response.
+                    ctx.pending = Some(answer);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        "response refused by a plugin",
+                    );
+                }
+            }
+        }
         if let Some(policy) = ctx.cache_policy().cloned() {
             let urls = cache::set_status(
                 session,
