@@ -38,6 +38,7 @@ pub const BIN: &str = match option_env!("CARGO_BIN_EXE_tollgate") {
 mod client;
 mod gateway;
 mod h2raw;
+mod openai;
 mod prom;
 mod raw_upstream;
 mod redis;
@@ -48,6 +49,7 @@ mod wire;
 pub use client::*;
 pub use gateway::*;
 pub use h2raw::*;
+pub use openai::*;
 pub use prom::*;
 pub use raw_upstream::*;
 pub use redis::*;
