@@ -300,7 +300,7 @@ def main():
     VGDB_PREFIX = os.path.join(tmp, "vgdb", "vgdb")
     signal.signal(signal.SIGTERM, R.on_signal)
     signal.signal(signal.SIGINT, R.on_signal)
-    for b in (R.TOLLGATE_BIN, R.FLOOR_BIN) + ((R.BASELINE_BIN,) if R.BASELINE_BIN else ()):
+    for b in (R.TOLLGATE_BIN, R.FLOOR_BIN) + ((R.BASELINE_BIN,) if R.BASELINE_BIN else ()) + ((R.CUSTOM_BIN,) if R.CUSTOM_BIN else ()):
         if not os.access(b, os.X_OK):
             sys.exit(f"missing binary {b}: run bench/instr.sh (it builds them)")
     by_name = {s.name: s for s in R.SCENARIOS}
@@ -324,9 +324,10 @@ def main():
     up_port = R.free_port()
     log("starting the upstream (nginx) and redis (not measured)")
     R.start_redis()  # without redis-server: the scenarios needing it are left out of R.SCENARIOS
+    R.prepare_scenarios()  # without a custom binary, its scenarios are left out of R.SCENARIOS
     left = {s.name for s in R.SCENARIOS}
     scenarios = [by_name[n] for n in SCENARIO_NAMES if n in left]
-    R.prepare_scenarios()
+    R.start_authsvc()
     R.start_nginx("upstream", R.UPSTREAM_HTTP.format(port=up_port, body=R.BODY))
 
     # (group label, how to start it, [(row name, path, headers, expect)])
@@ -351,20 +352,24 @@ def main():
                    lambda port: R.start("floor", valgrind_prefix("floor") + [R.FLOOR_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up_port}", tmp]),
                    [("pingora floor", "/hello", {}, {}, None)], False))
 
-    def tollgate_group(binary, label, tag):
+    def tollgate_group(binary, label, tag, kind=""):
         def start(port):
             cfg = os.path.join(tmp, f"{tag}.toml")
             # scenarios this build rejects (R.write_tollgate_config) are not measured on it
-            left_out[f"{label} "] = R.write_tollgate_config(cfg, port, up_port, binary, tag)
+            left_out[f"{label} "] = R.write_tollgate_config(cfg, port, up_port, binary, tag, kind)
             return R.start(tag, valgrind_prefix(tag) + [binary, "run", "-c", cfg])
-        rows = [(f"{label} {s.path}", s.path, s.headers, s.expect, s) for s in scenarios]
-        groups.append((label, tag, start, rows, False))
+        served = {s.name for s in R.scenarios_of(kind)}
+        rows = [(f"{label} {s.path}", s.path, s.headers, s.expect, s) for s in scenarios if s.name in served]
+        if rows and (kind != "custom" or any(s.binary for s in scenarios)):
+            groups.append((label, tag, start, rows, False))
 
     left_out = {}  # row-name prefix -> scenario names its binary rejected
 
     tollgate_group(R.TOLLGATE_BIN, "tollgate", "tollgate")
     if R.BASELINE_BIN:
         tollgate_group(R.BASELINE_BIN, f"tollgate@{R.BASELINE_REV}", "tollgate-base")
+    if R.CUSTOM_BIN:
+        tollgate_group(R.CUSTOM_BIN, R.CUSTOM_LABEL, "tollgate-custom", "custom")
 
     results = {}  # row name -> [Ir/request per phase]
     for gname, slug, start_fn, rows, is_nginx in groups:
@@ -388,7 +393,7 @@ def main():
                 results[name] = per_req
                 if ANNOTATE and not is_nginx:
                     out = os.path.join(results_dir, f"{stem}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.annotate.txt")
-                    what = rev if name.startswith("tollgate ") else R.BASELINE_REV if name.startswith("tollgate@") else "floor"
+                    what = rev if name.startswith(("tollgate ", R.CUSTOM_LABEL)) else R.BASELINE_REV if name.startswith("tollgate@") else "floor"
                     annotate(files[0], out, f"{name} ({what})")
                     log(f"  wrote {os.path.relpath(out, R.ROOT)}")
         finally:

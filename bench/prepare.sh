@@ -4,6 +4,8 @@
 #   TOLLGATE_BIN, BENCH_REV                        the tollgate to measure and its label
 #   TOLLGATE_BASELINE_BIN, BENCH_BASELINE_REV      with BASELINE=<commit>
 #   NGINX_LUA=0                                    when the nginx + Lua reference cannot run
+#   TOLLGATE_CUSTOM_BIN                            working-tree runs (unless CUSTOM=0): the
+#                                                  custom binary of examples/custom-plugin
 # and builds the floor (bench/floor/target).
 #
 # tollgate: the working tree (`cargo build --release` at the root), or with REV=<commit> a clean
@@ -42,6 +44,12 @@ else
     case "$label" in *-dirty) ;; *) label="$label-dirty" ;; esac
   fi
   export BENCH_REV="$label"
+  # The custom binary (examples/custom-plugin) for the custom-plugin scenario; same profile.
+  if [ "${CUSTOM:-1}" != "0" ]; then
+    echo "building the custom binary (release, examples/custom-plugin)..." >&2
+    timeout "$(time_left)" nice -n 10 cargo build --release -p tollgate-example-custom-plugin --bin tollgate-hmac
+    export TOLLGATE_CUSTOM_BIN="$ROOT/target/release/tollgate-hmac"
+  fi
 fi
 # BASELINE=<commit>: a second tollgate from that commit, same config, own port; every tollgate
 # scenario runs against both in the same rounds (labels `tollgate@<short> ...`).

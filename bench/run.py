@@ -26,6 +26,10 @@ Environment:
                           (run.sh sets both for BASELINE=<commit>): started with the same config
                           on its own port; every tollgate scenario runs against both, in the
                           same rounds, and the report adds new/baseline ratios
+  TOLLGATE_CUSTOM_BIN     the custom binary of examples/custom-plugin (prepare.sh sets it for
+                          working-tree runs): started as a third tollgate for the scenarios
+                          marked binary="custom" (the hmac_signature plugin) and its own copy
+                          of /proxy/hello; without it those scenarios are left out
   NGINX_LUA=0             leave out the nginx + Lua reference even when the module is installed
   REDIS_CACHE_TIMEOUT_MS  `timeout_ms` of the Redis cache scenario (default 100)
 """
@@ -51,6 +55,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 TOLLGATE_BIN = os.environ.get("TOLLGATE_BIN") or os.path.join(ROOT, "target", "release", "tollgate")
 BASELINE_BIN = os.environ.get("TOLLGATE_BASELINE_BIN", "")
+# The custom binary of examples/custom-plugin (the built-in plugins + hmac_signature), for the
+# scenarios with `binary="custom"`; prepare.sh builds it for working-tree runs.
+CUSTOM_BIN = os.environ.get("TOLLGATE_CUSTOM_BIN", "")
 BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "") or ("base" if BASELINE_BIN else "")
 FLOOR_BIN = os.path.join(BENCH, "floor", "target", "release", "tollgate-bench-floor")
 
@@ -81,11 +88,20 @@ class Scenario:
     # Left out (with a note) for a tollgate build that rejects it, e.g. a BASELINE older than
     # the feature, instead of failing the whole config.
     optional: bool = False
+    # "custom": served by the custom binary (CUSTOM_BIN) only, beside its own copy of the plain
+    # proxied route; left out when there is no custom binary.
+    binary: str = ""
 
     @property
     def needs_redis(self):
         return "{REDIS_PORT}" in self.plugins + self.config + self.route
 
+    @property
+    def needs_authsvc(self):
+        return "{AUTH_PORT}" in self.plugins
+
+
+FWDAUTH = '{ name = "forward_auth", url = "http://127.0.0.1:{AUTH_PORT}/check", request_headers = ["authorization"], upstream_headers = ["x-user-id"] }'
 
 SCENARIOS = [
     Scenario("hello", "/hello", False, f'{{ name = "mock", status = 200, content_type = "text/plain", body = "{BODY}" }}'),
@@ -106,6 +122,16 @@ SCENARIOS = [
     # timeout_ms 100 (instr.py: 1000, see REDIS_CACHE_TIMEOUT_MS).
     Scenario("cachehit_redis", "/cachehit_redis/hello", True, '{ name = "cache", default_ttl_seconds = 3600, storage = "redis", redis = { url = "redis://127.0.0.1:{REDIS_PORT}", timeout_ms = {REDIS_CACHE_TIMEOUT_MS}, prefix = "tollgate:cache", max_bytes = 268435456 } }',
              expect={"x-cache-status": "HIT"}, redis_hits=True, optional=True),
+    # forward_auth asking the bench's Python auth service (bench/authsvc.py) on every request,
+    # and with its decision cache (one call per minute).
+    Scenario("fwdauth", "/fwdauth/hello", True, FWDAUTH, headers={"authorization": "Bearer bench-token"}, optional=True),
+    Scenario("fwdauth_cached", "/fwdauth_cached/hello", True, FWDAUTH[:-2] + ', cache = { ttl_seconds = 60 } }',
+             headers={"authorization": "Bearer bench-token"}, optional=True),
+    # A custom plugin (examples/custom-plugin: an HMAC-SHA256 request signature check), on the
+    # custom binary; the signature is made when the bench starts (custom_signature()).
+    Scenario("hmac", "/hmac/hello", True, '{ name = "hmac_signature", keys = { bench = "bench-hmac-secret-0123456789abcdef" }, max_skew_seconds = 86400 }',
+             headers={"x-key-id": "bench", "x-timestamp": "{HMAC_TS}", "x-signature": "{HMAC_SIG}"},
+             expect={"x-signature": "verified"}, binary="custom"),
 ]
 
 # Consumers for the auth scenarios: an API key, an HS256 secret and an RS256 key (the test
@@ -507,7 +533,15 @@ def start_nginx(name, body, modules="", argv_prefix=(), master=True):
     return start(name, [*argv_prefix, "nginx", "-p", TMP, "-e", os.path.join(TMP, f"{name}-error.log"), "-c", conf])
 
 
-def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=()):
+def scenarios_of(kind):
+    """The scenarios one tollgate process serves: the main binary's (kind ""), or the custom
+    binary's: its own scenarios and the plain proxied route, to compare the two binaries."""
+    if kind == "custom":
+        return [s for s in SCENARIOS if s.binary == "custom" or s.name == "proxy"]
+    return [s for s in SCENARIOS if not s.binary]
+
+
+def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=(), kind=""):
     lines = [
         "# written by bench/run.py",
         "[server]",
@@ -528,7 +562,7 @@ def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=
         'name = "origin"',
         f'backends = ["127.0.0.1:{upstream_port}"]',
     ]
-    scenarios = [s for s in SCENARIOS if s.name not in skip]
+    scenarios = [s for s in scenarios_of(kind) if s.name not in skip]
     for s in scenarios:
         lines += ["", "[[routes]]", f'name = "{s.name}"', f'paths = ["/{s.name}"]']
         if s.proxied:
@@ -540,11 +574,11 @@ def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=
         if s.config:
             lines += ["", s.config]
     lines += [CONSUMERS]
-    return ("\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT))
+    return ("\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT)).replace("{AUTH_PORT}", str(AUTH_PORT))
             .replace("{REDIS_CACHE_TIMEOUT_MS}", str(REDIS_CACHE_TIMEOUT_MS)) + "\n")
 
 
-def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"):
+def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate", kind=""):
     """Write the config and validate it with `tollgate check` (of `binary`, default
     TOLLGATE_BIN). Builds older than the pid_file / upgrade_sock settings reject those keys:
     then write it without them. `tag` names the pid file and upgrade socket, so two tollgate
@@ -556,7 +590,7 @@ def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"
     def check(skip):
         for state_files in (True, False):
             with open(path, "w") as f:
-                f.write(tollgate_config(port, upstream_port, state_files, tag, skip))
+                f.write(tollgate_config(port, upstream_port, state_files, tag, skip, kind))
             r = subprocess.run([binary, "check", "-c", path], capture_output=True, text=True, timeout=30)
             if r.returncode == 0:
                 if not state_files:
@@ -569,7 +603,7 @@ def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"
     full = check(())
     if full is None:
         return set()
-    optional = tuple(s.name for s in SCENARIOS if s.optional)
+    optional = tuple(s.name for s in scenarios_of(kind) if s.optional)
     if optional and check(optional) is None:
         why = ((full.stdout + full.stderr).strip().splitlines() or ["?"])[-1].strip()
         log(f"  note: {binary} rejects the scenario(s) {', '.join(optional)} (a build older than them?), "
@@ -724,10 +758,49 @@ def baseline_name(s):
 
 
 def prepare_scenarios():
-    """Fill in the JWT tokens of the scenarios' headers (once)."""
+    """Fill in the JWT tokens and the HMAC signature of the scenarios' headers (once); leave
+    out the custom binary's scenarios when there is no custom binary."""
+    import hashlib, hmac as hmac_mod
     tokens = jwt_tokens()
+    ts = str(int(time.time()))
     for s in SCENARIOS:
-        s.headers = {k: v.format(**tokens) if "{JWT_" in v else v for k, v in s.headers.items()}
+        if s.name == "hmac":
+            secret = re.search(r'bench = "([^"]+)"', s.plugins).group(1)
+            msg = f"GET\n{s.path}\n{ts}".encode()
+            tokens["HMAC_TS"] = ts
+            tokens["HMAC_SIG"] = hmac_mod.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+    for s in SCENARIOS:
+        s.headers = {k: v.format(**tokens) if "{" in v else v for k, v in s.headers.items()}
+    if not CUSTOM_BIN:
+        custom = [s.name for s in SCENARIOS if s.binary == "custom"]
+        if custom:
+            log(f"  leaving out {', '.join(custom)}: no custom binary (TOLLGATE_CUSTOM_BIN; prepare.sh builds it for working-tree runs)")
+        SCENARIOS[:] = [s for s in SCENARIOS if s.binary != "custom"]
+
+
+AUTH_PORT = 0
+# Row label of the custom binary's targets.
+CUSTOM_LABEL = "tollgate-custom"
+
+
+def start_authsvc():
+    """Start the bench's forward-auth service (bench/authsvc.py) when a scenario uses it."""
+    global AUTH_PORT
+    if not any(s.needs_authsvc for s in SCENARIOS):
+        return None
+    AUTH_PORT = AUTH_PORT or free_port()
+    p = start("authsvc", [sys.executable, os.path.join(BENCH, "authsvc.py"), str(AUTH_PORT)])
+    deadline = time.time() + 10
+    while True:
+        try:
+            status, _, hdrs = http_get(AUTH_PORT, "/check", {"authorization": "Bearer bench-token"})
+            if status == 200 and hdrs.get("x-user-id") == "bench":
+                return p
+        except OSError:
+            pass
+        if p.poll() is not None or time.time() > deadline:
+            sys.exit(f"the auth service on 127.0.0.1:{AUTH_PORT} does not answer; see {TMP}/authsvc.out")
+        time.sleep(0.1)
 
 
 def start_targets():
@@ -736,6 +809,7 @@ def start_targets():
     log("starting processes")
     start_redis()
     prepare_scenarios()
+    start_authsvc()
     up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
     cache = start_nginx("nginx-cache", CACHE_HTTP.format(tmp=TMP, port=cache_port, upstream=up_port))
@@ -753,6 +827,11 @@ def start_targets():
         base_cfg = os.path.join(TMP, "tollgate-base.toml")
         base_skip = write_tollgate_config(base_cfg, base_port, up_port, BASELINE_BIN, "tollgate-base")
         base = start(f"tollgate-base", [BASELINE_BIN, "run", "-c", base_cfg])
+    custom, custom_skip, custom_port = None, set(), free_port()
+    if CUSTOM_BIN:
+        custom_cfg = os.path.join(TMP, "tollgate-custom.toml")
+        custom_skip = write_tollgate_config(custom_cfg, custom_port, up_port, CUSTOM_BIN, "tollgate-custom", "custom")
+        custom = start("tollgate-custom", [CUSTOM_BIN, "run", "-c", custom_cfg])
 
     targets = [
         Target("direct (nginx upstream)", up_port, "/hello", up, []),
@@ -762,7 +841,7 @@ def start_targets():
     if lua:
         targets.append(Target(NGINX_LUA, lua_port, "/hello", lua, [], LUA_HEADERS, LUA_EXPECT))
     targets.append(Target("pingora floor", floor_port, "/hello", floor, [floor.pid]))
-    for s in SCENARIOS:
+    for s in scenarios_of(""):
         if s.name not in tg_skip:
             targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect,
                                   redis_hits=s.redis_hits))
@@ -770,6 +849,11 @@ def start_targets():
             targets.append(Target(baseline_name(s), base_port, s.path, base, [base.pid], s.headers, s.expect,
                                   base_of=f"tollgate {s.path}" if s.name not in tg_skip else "",
                                   redis_hits=s.redis_hits))
+    if custom:
+        for s in scenarios_of("custom"):
+            if s.name not in custom_skip:
+                targets.append(Target(f"{CUSTOM_LABEL} {s.path}", custom_port, s.path, custom, [custom.pid],
+                                      s.headers, s.expect))
     for t in targets:
         wait_ready(t)
     # nginx: measure master + worker(s); the workers exist once the port answers.
@@ -1077,7 +1161,7 @@ def main():
         log(f"temp dir {TMP} (kept)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for b in (TOLLGATE_BIN, FLOOR_BIN) + ((BASELINE_BIN,) if BASELINE_BIN else ()):
+    for b in (TOLLGATE_BIN, FLOOR_BIN) + ((BASELINE_BIN,) if BASELINE_BIN else ()) + ((CUSTOM_BIN,) if CUSTOM_BIN else ()):
         if not os.access(b, os.X_OK):
             sys.exit(f"missing binary {b}: run bench/run.sh (it builds both)")
 
@@ -1215,7 +1299,7 @@ def main():
 
 def time_bound():
     """Upper bound for a whole run with the current settings, in seconds (for run.sh)."""
-    n_targets = 5 + len(SCENARIOS) * (2 if BASELINE_BIN else 1)
+    n_targets = 5 + len(SCENARIOS) * (2 if BASELINE_BIN else 1) + (2 if CUSTOM_BIN else 0)
     per_target = ROUNDS * (env_seconds(DURATION) + 2) + (env_seconds(WARMUP) + 2 if WARMUP not in ("", "0", "0s") else 0)
     return int(n_targets * len(CONNS) * per_target + QUIET_WAIT + 120)
 

@@ -235,17 +235,8 @@ fn forward_auth_failure_modes_and_timeouts() {
     assert_eq!(r.status, 200);
     assert!(r.upstream_header("x-user-id").is_none());
 
-    let failures = |route: &str, reason: &str, mode: &str| {
-        gw.metric(
-            "tollgate_external_call_failures_total",
-            &[
-                ("plugin", "forward_auth"),
-                ("route", route),
-                ("reason", reason),
-                ("failure_mode", mode),
-            ],
-        )
-    };
+    let failures =
+        |route: &str, reason: &str, mode: &str| failures(&gw, "forward_auth", route, reason, mode);
     assert_eq!(failures("deny", "connect", "deny"), Some(1.0));
     assert_eq!(failures("allow", "connect", "allow"), Some(1.0));
     assert_eq!(failures("slow", "timeout", "deny"), Some(1.0));
@@ -489,17 +480,8 @@ fn ext_proc_failures_follow_the_failure_mode() {
     );
     assert!(gw.is_running());
 
-    let failures = |route: &str, reason: &str, mode: &str| {
-        gw.metric(
-            "tollgate_external_call_failures_total",
-            &[
-                ("plugin", "ext_proc"),
-                ("route", route),
-                ("reason", reason),
-                ("failure_mode", mode),
-            ],
-        )
-    };
+    let failures =
+        |route: &str, reason: &str, mode: &str| failures(&gw, "ext_proc", route, reason, mode);
     assert_eq!(failures("deny", "timeout", "deny"), Some(1.0));
     assert_eq!(failures("allow", "timeout", "allow"), Some(1.0));
     assert_eq!(failures("deny", "malformed", "deny"), Some(1.0));
@@ -564,4 +546,17 @@ plugins = [
     assert!(text.contains("plugins[0].url"), "{text}");
     assert!(text.contains("plugins[0].upstream_headers[0]"), "{text}");
     assert!(text.contains("plugins[1].timeout_ms"), "{text}");
+}
+
+/// `tollgate_external_call_failures_total` of one plugin, route, reason and failure mode.
+fn failures(gw: &Gateway, plugin: &str, route: &str, reason: &str, mode: &str) -> Option<f64> {
+    gw.metric(
+        "tollgate_external_call_failures_total",
+        &[
+            ("plugin", plugin),
+            ("route", route),
+            ("reason", reason),
+            ("failure_mode", mode),
+        ],
+    )
 }

@@ -215,17 +215,12 @@ pub fn build(
         }
         None => algorithms = vec![Algorithm::Brotli, Algorithm::Gzip],
     }
-    let types = match &cfg.content_types {
-        Some(list) if list.is_empty() => {
-            errors.push(ConfigError::new(
-                "content_types",
-                "must list at least one media type",
-            ));
-            MediaTypes::of(&[])
-        }
-        Some(list) => MediaTypes::parse(list, "content_types", &mut errors),
-        None => MediaTypes::of(DEFAULT_CONTENT_TYPES),
-    };
+    let types = MediaTypes::from_config(
+        cfg.content_types.as_deref(),
+        DEFAULT_CONTENT_TYPES,
+        "content_types",
+        &mut errors,
+    );
     if let Some(l) = cfg.level.filter(|l| !(1..=9).contains(l)) {
         errors.push(ConfigError::new(
             "level",

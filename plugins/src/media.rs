@@ -35,6 +35,24 @@ enum Pattern {
 pub struct MediaTypes(Vec<Pattern>);
 
 impl MediaTypes {
+    /// A plugin's `content_types` key: the configured list (not empty; errors carry
+    /// `path[i]`), or `default` when the key is absent.
+    pub fn from_config(
+        list: Option<&[String]>,
+        default: &[&str],
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> MediaTypes {
+        match list {
+            Some([]) => {
+                errors.push(ConfigError::new(path, "must list at least one media type"));
+                MediaTypes::of(&[])
+            }
+            Some(list) => MediaTypes::parse(list, path, errors),
+            None => MediaTypes::of(default),
+        }
+    }
+
     /// Parse `list`; errors carry `path[i]`.
     pub fn parse(list: &[String], path: &str, errors: &mut Vec<ConfigError>) -> MediaTypes {
         let mut out = Vec::new();

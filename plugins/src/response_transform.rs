@@ -131,17 +131,12 @@ pub fn build(
             )),
         }
     }
-    let types = match &cfg.content_types {
-        Some(list) if list.is_empty() => {
-            errors.push(ConfigError::new(
-                "content_types",
-                "must list at least one media type",
-            ));
-            MediaTypes::of(&[])
-        }
-        Some(list) => MediaTypes::parse(list, "content_types", &mut errors),
-        None => MediaTypes::of(DEFAULT_CONTENT_TYPES),
-    };
+    let types = MediaTypes::from_config(
+        cfg.content_types.as_deref(),
+        DEFAULT_CONTENT_TYPES,
+        "content_types",
+        &mut errors,
+    );
     if cfg.max_body_bytes == 0 {
         errors.push(ConfigError::new("max_body_bytes", "must be at least 1"));
     }
