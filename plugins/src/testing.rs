@@ -195,3 +195,91 @@ impl Harness {
         self.runtime.block_on(fut)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::Consumers;
+    use crate::{acl, key_auth, rate_limit};
+
+    fn consumers() -> BuildCtx {
+        let table: toml::Value = toml::from_str(
+            r#"
+            [[consumers]]
+            username = "alice"
+            groups = ["staff"]
+            keys = ["alice-key-0001"]
+
+            [[consumers]]
+            username = "bob"
+            keys = ["bob-key-00000001"]
+            "#,
+        )
+        .unwrap();
+        BuildCtx {
+            consumers: Arc::new(Consumers::build(table.get("consumers"), &[]).unwrap()),
+            ..BuildCtx::default()
+        }
+    }
+
+    /// The built-in chain key_auth → acl → rate_limit, through the harness: the phases run in
+    /// order whatever order they are given in, and each one's answer is the documented one.
+    #[test]
+    fn a_builtin_chain_runs_in_phase_order() {
+        let ctx = consumers();
+        let h = Harness::new([
+            build_with(
+                rate_limit::build,
+                "minute = 2\nlimit_by = \"consumer\"",
+                &ctx,
+            )
+            .unwrap(),
+            build_with(acl::build, "allow = [\"staff\"]", &ctx).unwrap(),
+            build_with(key_auth::build, "", &ctx).unwrap(),
+        ]);
+        let run = |key: Option<&str>| {
+            let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+            let mut req = request("GET", "/", &headers);
+            let mut c = self::ctx();
+            let out = h.request(&mut req, &mut c);
+            let mut resp = response(200, &[]);
+            h.response(&mut resp, &mut c);
+            let who = c.identity.map(|i| i.consumer.username.clone());
+            (out.answer().map(|a| (a.status.as_u16(), a.code)), who, resp)
+        };
+        assert_eq!(run(None).0, Some((401, Some("missing_credentials"))));
+        assert_eq!(run(Some("bob-key-00000001")).0.map(|a| a.0), Some(403));
+        let (answer, who, resp) = run(Some("alice-key-0001"));
+        assert_eq!(answer, None);
+        // The identity is the context's; the gateway turns it into X-Consumer-* headers.
+        assert_eq!(who.as_deref(), Some("alice"));
+        assert_eq!(resp.headers["x-ratelimit-limit"], "2");
+        assert_eq!(run(Some("alice-key-0001")).0, None);
+        assert_eq!(
+            run(Some("alice-key-0001")).0,
+            Some((429, Some("rate_limited")))
+        );
+    }
+
+    #[test]
+    fn config_errors_come_back_with_paths() {
+        let errs = build(rate_limit::build, "minute = \"many\"")
+            .err()
+            .expect("refused");
+        assert!(errs.iter().any(|e| e.path == "minute"), "{errs:?}");
+        let errs = build(rate_limit::build, "not toml [")
+            .err()
+            .expect("refused");
+        assert!(errs[0].message.starts_with("invalid TOML"), "{errs:?}");
+    }
+
+    #[test]
+    fn response_body_hooks_see_every_chunk() {
+        let h =
+            Harness::new([build(crate::headers::build, "response.set = { a = \"1\" }").unwrap()]);
+        let mut c = ctx();
+        // No plugin wants bodies: the chunks pass as they are.
+        assert_eq!(h.response_body(&[b"ab", b"c"], &mut c), b"abc");
+        assert_eq!(h.response_body(&[], &mut c), b"");
+    }
+}
