@@ -461,7 +461,8 @@ def report(results, scenarios, rev, stem, results_dir):
         "`master_process off`, its one process being the worker) during a phase / requests: user space only, kernel not included",
         "- every proxy: 1 worker thread/process, proxying to an nginx upstream answering `hello`; "
         "tollgate: the run.py config (threads = 1, access log off)",
-        f"- tollgate = {rev}" + (f", tollgate@{R.BASELINE_REV} = baseline {R.BASELINE_REV}" if R.BASELINE_BIN else ""),
+        f"- tollgate = {rev}" + (f", tollgate@{R.BASELINE_REV} = baseline {R.BASELINE_REV}" if R.BASELINE_BIN else "")
+        + (f", {R.CUSTOM_LABEL} = the custom binary of examples/custom-plugin (built-in plugins + hmac_signature) at {rev}" if R.CUSTOM_BIN else ""),
         *([f"- Redis cache scenario: `timeout_ms = {R.REDIS_CACHE_TIMEOUT_MS}` (run.py: 100; wall-clock, and callgrind is slow)"]
           if any(s.redis_hits for s in scenarios) else []),
         "- max dev = largest deviation of a phase from the mean of the phases",

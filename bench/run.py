@@ -1239,6 +1239,12 @@ def main():
         f"tollgate access log {'ON (file)' if ACCESS_LOG else 'off'}, log_level warn",
         f"- upstream: nginx (1 worker) answering `{BODY}` (200, text/plain) on every path",
     ]
+    if CUSTOM_BIN:
+        md += [f"- `{CUSTOM_LABEL} ...` rows: the custom binary of examples/custom-plugin (the built-in plugins + "
+               f"hmac_signature) built from the same source, a third tollgate process"]
+    if any(s.needs_authsvc for s in SCENARIOS):
+        md += ["- `/fwdauth`: forward_auth asks bench/authsvc.py (Python ThreadingHTTPServer) on every request; "
+               "`/fwdauth_cached`: with its decision cache (one call a minute); the service's CPU is not in tollgate's"]
     if BASELINE_BIN:
         md += [
             f"- A/B: `tollgate ...` rows are {rev}, `tollgate@{BASELINE_REV} ...` rows the baseline {BASELINE_REV}: "
