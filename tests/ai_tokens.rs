@@ -478,6 +478,13 @@ fn store_down_follows_on_store_error() {
     for p in ["open", "closed", "local"] {
         assert_eq!(send(p).status, 200, "{p} with Redis up");
     }
+    // The three charges are in Redis (else a charge failing after the stop would land in the
+    // local counters, as documented, and change the count below).
+    assert!(
+        wait_until(Duration::from_secs(5), || redis_tokens(&redis) == 90),
+        "charges not in Redis: {}",
+        redis_tokens(&redis)
+    );
     redis.stop();
     let t = Instant::now();
     // open: through, uncounted.
