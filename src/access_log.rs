@@ -36,6 +36,15 @@ pub struct AccessRecord<'a> {
     /// Error code when the gateway answered with an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// The inference model, when token usage is known (`ai_usage`, `token_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    /// Prompt tokens of the answer, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens of the answer, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
 }
 
 /// Lines queued for the writer thread before new ones are dropped.

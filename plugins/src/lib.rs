@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod ai;
+pub mod ai_usage;
 pub mod answer;
 pub mod auth_failure_limit;
 pub mod basic_auth;
@@ -49,6 +51,7 @@ pub mod response_transform;
 pub mod state;
 pub mod sync;
 pub mod testing;
+pub mod token_limit;
 pub mod ttl_cache;
 
 pub use answer::Answer;

@@ -35,6 +35,18 @@ pub struct PluginMetrics {
     /// `tollgate_forward_auth_cache_total{route,result}`: decision cache lookups of
     /// `forward_auth` (`hit`, `miss`).
     pub forward_auth_cache: IntCounterVec,
+    /// `tollgate_ai_tokens_total{route,model,kind}`: tokens of inference answers (`kind`:
+    /// `prompt`, `completion`); `model` is one listed in the plugin's `models`, else `other`.
+    pub ai_tokens: IntCounterVec,
+    /// `tollgate_ai_usage_missing_total{route,reason}`: readable 2xx answers whose usage could
+    /// not be known: `no_usage`, `incomplete` (cut short), `too_large` (JSON over
+    /// `max_response_bytes`), `encoded` (content-encoded).
+    pub ai_usage_missing: IntCounterVec,
+    /// `tollgate_token_limit_decisions_total{route,result}`: `allowed`, `limited`, `error`.
+    pub token_limit_decisions: IntCounterVec,
+    /// `tollgate_token_limit_store_errors_total{route,on_store_error}`: the shared store of
+    /// `token_limit` failed or timed out (admission or charge), and the fallback applied.
+    pub token_limit_store_errors: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -106,6 +118,26 @@ pub static METRICS: LazyLock<PluginMetrics> = LazyLock::new(|| {
         "forward_auth decision cache lookups by route and result",
         &["route", "result"],
     ),
+    ai_tokens: counter(
+        "tollgate_ai_tokens_total",
+        "Tokens of inference answers by route, model and kind",
+        &["route", "model", "kind"],
+    ),
+    ai_usage_missing: counter(
+        "tollgate_ai_usage_missing_total",
+        "Inference answers whose token usage could not be read, by route and reason",
+        &["route", "reason"],
+    ),
+    token_limit_decisions: counter(
+        "tollgate_token_limit_decisions_total",
+        "Token-limit decisions by route and result",
+        &["route", "result"],
+    ),
+    token_limit_store_errors: counter(
+        "tollgate_token_limit_store_errors_total",
+        "Shared token-limit store failures by route and the configured fallback",
+        &["route", "on_store_error"],
+    ),
 }
 });
 
@@ -120,6 +152,10 @@ pub fn collectors() -> Vec<Box<dyn Collector>> {
         Box::new(METRICS.external_call_duration.clone()),
         Box::new(METRICS.external_call_failures.clone()),
         Box::new(METRICS.forward_auth_cache.clone()),
+        Box::new(METRICS.ai_tokens.clone()),
+        Box::new(METRICS.ai_usage_missing.clone()),
+        Box::new(METRICS.token_limit_decisions.clone()),
+        Box::new(METRICS.token_limit_store_errors.clone()),
     ]
 }
 

@@ -4,9 +4,9 @@ use crate::build_ctx::BuildCtx;
 use crate::config_error::ConfigError;
 use crate::plugin::Plugin;
 use crate::{
-    acl, auth_failure_limit, basic_auth, cache, compress, concurrency, cors, ext_proc,
+    acl, ai_usage, auth_failure_limit, basic_auth, cache, compress, concurrency, cors, ext_proc,
     forward_auth, headers, ip_restriction, jwt, key_auth, mock, rate_limit, request_size,
-    response_transform,
+    response_transform, token_limit,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +43,8 @@ impl Registry {
         r.register(compress::NAME, compress::build);
         r.register(forward_auth::NAME, forward_auth::build);
         r.register(ext_proc::NAME, ext_proc::build);
+        r.register(ai_usage::NAME, ai_usage::build);
+        r.register(token_limit::NAME, token_limit::build);
 
         r
     }

@@ -20,11 +20,14 @@ use crate::chain::{self, Input, Stop};
 use crate::config_error::ConfigError;
 use crate::context::{RequestCtx, RequestId};
 use crate::plugin::Plugin;
-use crate::registry::Constructor;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+
+/// A plugin constructor ([`crate::Constructor`], spelled out: importing the registry, which
+/// imports every plugin, would make each plugin's unit tests an import cycle).
+type Constructor = fn(&toml::Value, &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<ConfigError>>;
 
 /// Build a plugin from its TOML table (the keys after `name`), as the config compiler does,
 /// with no consumers and a state of its own.

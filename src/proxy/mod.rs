@@ -808,6 +808,7 @@ impl ProxyHttp for Gateway {
             let time = jiff::Timestamp::try_from(started_at)
                 .map(|t| t.to_string())
                 .unwrap_or_default();
+            let usage = ctx.req.extensions.get::<tollgate_plugins::ai::Usage>();
             log.write(&AccessRecord {
                 time,
                 request_id: ctx.req.request_id.as_str(),
@@ -822,6 +823,9 @@ impl ProxyHttp for Gateway {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
                 error: ctx.error_code,
+                model: usage.and_then(|u| u.model.as_deref()),
+                prompt_tokens: usage.map(|u| u.prompt_tokens),
+                completion_tokens: usage.map(|u| u.completion_tokens),
             });
         }
     }

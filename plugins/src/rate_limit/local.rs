@@ -31,6 +31,24 @@ struct Counts {
     previous: u32,
 }
 
+impl Counts {
+    /// Move to the period of `now_ms` (the current count becomes the previous one when the
+    /// period just ended); returns the milliseconds into it.
+    fn roll(&mut self, w: &Window, now_ms: u64) -> u64 {
+        let index = (now_ms / w.ms) as u32;
+        if self.index != index {
+            self.previous = if self.index.wrapping_add(1) == index {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.index = index;
+        }
+        now_ms % w.ms
+    }
+}
+
 /// The counters of one limit definition.
 ///
 /// A key is kept as a 128-bit keyed hash (two SipHash keys drawn at start), not as the
@@ -58,41 +76,67 @@ impl LocalCounters {
 
     /// Check and, when allowed, count one request of `key` at `now_ms` (wall clock).
     pub fn hit(&self, key: &str, windows: &[Window], now_ms: u64) -> Decision {
+        self.hit_n(key, windows, now_ms, 1, 1)
+    }
+
+    /// Check whether `need` units of `key` fit every window at `now_ms` and, when they do,
+    /// count `cost` units (one step under the shard lock: concurrent checks never both take
+    /// the last room).
+    pub fn hit_n(
+        &self,
+        key: &str,
+        windows: &[Window],
+        now_ms: u64,
+        cost: u64,
+        need: u64,
+    ) -> Decision {
+        let windows = &windows[..windows.len().min(MAX_WINDOWS)];
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        self.with_counts(key, windows, |counts| {
+            let mut states = Vec::with_capacity(windows.len());
+            for (w, c) in windows.iter().zip(counts.iter_mut()) {
+                let into = c.roll(w, now_ms);
+                let est = c.previous as f64 * (w.ms - into) as f64 / w.ms as f64 + c.current as f64;
+                states.push((est, u64::from(c.current), u64::from(c.previous), into));
+            }
+            let decision = Decision::from_states(windows, &states, u64::from(cost), need);
+            if decision.allowed {
+                for c in counts.iter_mut().take(windows.len()) {
+                    c.current = c.current.saturating_add(cost);
+                }
+            }
+            decision
+        })
+    }
+
+    /// Add `delta` units (negative: a refund) to the current period of every window of `key`,
+    /// without a check; a count never goes below zero.
+    pub fn add(&self, key: &str, windows: &[Window], now_ms: u64, delta: i64) {
+        let windows = &windows[..windows.len().min(MAX_WINDOWS)];
+        self.with_counts(key, windows, |counts| {
+            for (w, c) in windows.iter().zip(counts.iter_mut()) {
+                c.roll(w, now_ms);
+                let v = (i64::from(c.current) + delta).clamp(0, i64::from(u32::MAX));
+                c.current = v as u32;
+            }
+        })
+    }
+
+    fn with_counts<R>(
+        &self,
+        key: &str,
+        windows: &[Window],
+        f: impl FnOnce(&mut [Counts; MAX_WINDOWS]) -> R,
+    ) -> R {
         let horizon = windows.iter().map(|w| w.ms).max().unwrap_or(0) * 2;
         let now = Instant::now();
         let digest = self.digest(key);
-        let windows = &windows[..windows.len().min(MAX_WINDOWS)];
         self.entries.update(
             &digest,
             now,
             now + Duration::from_millis(horizon),
             || (digest, [Counts::default(); MAX_WINDOWS]),
-            |counts| {
-                let mut states = Vec::with_capacity(windows.len());
-                for (w, c) in windows.iter().zip(counts.iter_mut()) {
-                    let index = (now_ms / w.ms) as u32;
-                    if c.index != index {
-                        c.previous = if c.index.wrapping_add(1) == index {
-                            c.current
-                        } else {
-                            0
-                        };
-                        c.current = 0;
-                        c.index = index;
-                    }
-                    let into = now_ms % w.ms;
-                    let est =
-                        c.previous as f64 * (w.ms - into) as f64 / w.ms as f64 + c.current as f64;
-                    states.push((est, u64::from(c.current), u64::from(c.previous), into));
-                }
-                let decision = Decision::from_states(windows, &states);
-                if decision.allowed {
-                    for c in counts.iter_mut().take(windows.len()) {
-                        c.current = c.current.saturating_add(1);
-                    }
-                }
-                decision
-            },
+            f,
         )
     }
 
@@ -153,6 +197,36 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.limit, 4);
         assert_eq!(d.reset_ms, 59_500);
+    }
+
+    #[test]
+    fn weighted_checks_and_corrections() {
+        let store = LocalCounters::new(1000);
+        let wins = [w(60_000, 100)];
+        let t0 = 60_000;
+        // Ask for 40, count 40: twice; the third does not fit (80 + 40 > 100).
+        assert_eq!(store.hit_n("k", &wins, t0, 40, 40).remaining, 60);
+        assert_eq!(store.hit_n("k", &wins, t0, 40, 40).remaining, 20);
+        let d = store.hit_n("k", &wins, t0, 40, 40);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 20);
+        // A refund of 30 makes room for it.
+        store.add("k", &wins, t0, -30);
+        let d = store.hit_n("k", &wins, t0, 40, 40);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 10);
+        // Need one, count nothing: passes while anything is left, counts nothing.
+        assert_eq!(store.hit_n("k", &wins, t0, 0, 1).remaining, 10);
+        store.add("k", &wins, t0, 15);
+        let d = store.hit_n("k", &wins, t0, 0, 1);
+        assert!(!d.allowed, "105 used of 100");
+        // Counts never go below zero.
+        store.add("k", &wins, t0, -1_000);
+        assert_eq!(store.hit_n("k", &wins, t0, 0, 1).remaining, 100);
+        // A need over the limit never fits: one window to wait.
+        let d = store.hit_n("k", &wins, t0, 500, 500);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ms, 60_000);
     }
 
     #[test]

@@ -1,22 +1,21 @@
 //! `rate_limit`: count requests per key over one or more sliding windows, in process
 //! (`policy = "local"`) or in Redis shared by every instance (`policy = "redis"`).
 
-mod local;
-mod redis_store;
-mod window;
+pub mod local;
+pub mod redis_store;
+pub mod store;
+pub mod window;
 
 use crate::limit_key::{LimitBySpec, LimitKey};
 use crate::metrics::METRICS;
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
-use local::LocalCounters;
 use pingora::http::{RequestHeader, ResponseHeader};
-use redis_store::RedisStore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec};
 pub use window::{Decision, Window};
 
 /// Registered name.
@@ -28,26 +27,6 @@ const DEFAULT_MAX_KEYS: usize = 100_000;
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[serde(rename_all = "snake_case")]
-enum Policy {
-    #[default]
-    Local,
-    Redis,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
-#[serde(rename_all = "snake_case")]
-enum OnStoreError {
-    /// Let the request through.
-    Open,
-    /// Refuse it (503).
-    Closed,
-    /// Count it in the process instead.
-    #[default]
-    Local,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
-#[serde(rename_all = "snake_case")]
 enum HeaderMode {
     #[default]
     XRatelimit,
@@ -55,22 +34,12 @@ enum HeaderMode {
     None,
 }
 
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct RedisConfig {
-    url: String,
-    #[serde(default = "default_timeout")]
-    timeout_ms: u64,
-    #[serde(default = "default_prefix")]
-    prefix: String,
-}
-
-fn default_timeout() -> u64 {
-    50
-}
-fn default_prefix() -> String {
-    "tollgate:rl".to_string()
-}
+/// The store of `rate_limit`.
+const KIND: StoreKind = StoreKind {
+    name: NAME,
+    what: "rate-limit store",
+    default_prefix: "tollgate:rl",
+};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -105,11 +74,8 @@ fn default_max_keys() -> usize {
 pub struct RateLimit {
     key: LimitKey,
     windows: Vec<Window>,
-    /// This definition's counters in the process (the store, or Redis's fallback).
-    local: Arc<LocalCounters>,
-    redis: Option<(Arc<RedisStore>, String)>,
-    on_store_error: OnStoreError,
-    on_store_error_label: &'static str,
+    /// This definition's counters: in the process, or Redis with the process as fallback.
+    store: Store,
     headers: HeaderMode,
 }
 
@@ -134,9 +100,6 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             None => {}
         }
     }
-    if cfg.max_keys == 0 {
-        errors.push(ConfigError::new("max_keys", "must be at least 1"));
-    }
     if windows.is_empty() && errors.is_empty() {
         errors.push(ConfigError::new(
             "",
@@ -153,65 +116,32 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         h.update(w.ms.to_le_bytes());
         h.update(w.max.to_le_bytes());
     }
-    let local_key = format!("{}", cfg.max_keys);
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     let scope = u64::from_le_bytes(first);
-    let redis = match (cfg.policy, &cfg.redis) {
-        (Policy::Redis, None) => {
-            errors.push(ConfigError::new(
-                "redis",
-                "policy = \"redis\" needs a [redis] table with `url`",
-            ));
-            None
-        }
-        (Policy::Redis, Some(r)) => {
-            if r.timeout_ms == 0 {
-                errors.push(ConfigError::new("redis.timeout_ms", "must be at least 1"));
-            }
-            match RedisStore::get(
-                &ctx.state,
-                &r.url,
-                Duration::from_millis(r.timeout_ms.max(1)),
-            ) {
-                Ok(s) => Some((s, format!("{}:{:016x}:", r.prefix, scope))),
-                Err(e) => {
-                    errors.push(ConfigError::new("redis.url", e));
-                    None
-                }
-            }
-        }
-        (Policy::Local, Some(_)) => {
-            errors.push(ConfigError::new(
-                "redis",
-                "only used with policy = \"redis\"",
-            ));
-            None
-        }
-        (Policy::Local, None) => None,
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let local = ctx
-        .state
-        .get_or_insert(&format!("rate_limit:{scope:016x}:{local_key}"), || {
-            LocalCounters::new(cfg.max_keys)
-        });
-    Ok(Arc::new(RateLimit {
-        key,
-        windows,
-        local,
-        redis,
-        on_store_error: cfg.on_store_error,
-        on_store_error_label: match cfg.on_store_error {
-            OnStoreError::Open => "open",
-            OnStoreError::Closed => "closed",
-            OnStoreError::Local => "local",
+    let store = Store::build(
+        &KIND,
+        &StoreSpec {
+            policy: cfg.policy,
+            redis: cfg.redis.as_ref(),
+            on_store_error: cfg.on_store_error,
+            max_keys: cfg.max_keys,
         },
-        headers: cfg.headers,
-    }))
+        scope,
+        &METRICS.ratelimit_store_errors,
+        ctx,
+        &mut errors,
+    );
+    match store {
+        Some(store) if errors.is_empty() => Ok(Arc::new(RateLimit {
+            key,
+            windows,
+            store,
+            headers: cfg.headers,
+        })),
+        _ => Err(errors),
+    }
 }
 
 /// The decision, kept for the response hook.
@@ -234,45 +164,28 @@ impl Plugin for RateLimit {
 
     async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
         let key = self.key.extract(req, ctx);
-        let decision = match &self.redis {
-            None => self.local.hit(&key, &self.windows, now_ms()),
-            Some((store, prefix)) => {
-                match store.hit(&format!("{prefix}{key}"), &self.windows).await {
-                    Ok(d) => d,
-                    Err(_) => {
-                        METRICS
-                            .ratelimit_store_errors
-                            .with_label_values(&[&*ctx.route, self.on_store_error_label])
-                            .inc();
-                        match self.on_store_error {
-                            OnStoreError::Open => {
-                                METRICS
-                                    .ratelimit_decisions
-                                    .with_label_values(&[&*ctx.route, "error"])
-                                    .inc();
-                                return Flow::Continue;
-                            }
-                            OnStoreError::Closed => {
-                                METRICS
-                                    .ratelimit_decisions
-                                    .with_label_values(&[&*ctx.route, "error"])
-                                    .inc();
-                                return Flow::Respond(
-                                    Answer::error(
-                                        StatusCode::SERVICE_UNAVAILABLE,
-                                        "rate_limit_unavailable",
-                                        "the rate-limit store is unavailable",
-                                    )
-                                    .with_header(
-                                        http::header::RETRY_AFTER,
-                                        HeaderValue::from_static("1"),
-                                    ),
-                                );
-                            }
-                            OnStoreError::Local => self.local.hit(&key, &self.windows, now_ms()),
-                        }
-                    }
-                }
+        let decision = match self.store.hit(&key, &self.windows, 1, 1, &ctx.route).await {
+            Hit::Decided(d) => d,
+            Hit::Open => {
+                METRICS
+                    .ratelimit_decisions
+                    .with_label_values(&[&*ctx.route, "error"])
+                    .inc();
+                return Flow::Continue;
+            }
+            Hit::Closed => {
+                METRICS
+                    .ratelimit_decisions
+                    .with_label_values(&[&*ctx.route, "error"])
+                    .inc();
+                return Flow::Respond(
+                    Answer::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rate_limit_unavailable",
+                        "the rate-limit store is unavailable",
+                    )
+                    .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                );
             }
         };
         METRICS
@@ -327,10 +240,4 @@ impl Plugin for RateLimit {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

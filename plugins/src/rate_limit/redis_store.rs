@@ -18,13 +18,15 @@ use std::time::Duration;
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #ARGV / 2
+local cost = tonumber(ARGV[1])
+local need = tonumber(ARGV[2])
+local n = (#ARGV - 2) / 2
 local allowed = 1
 local retry = 0
 local states = {}
 for i = 1, n do
-  local max = tonumber(ARGV[2 * i - 1])
-  local ms = tonumber(ARGV[2 * i])
+  local max = tonumber(ARGV[2 * i + 1])
+  local ms = tonumber(ARGV[2 * i + 2])
   local index = math.floor(now / ms)
   local ck = KEYS[1] .. ':' .. ms .. ':' .. index
   local pk = KEYS[1] .. ':' .. ms .. ':' .. (index - 1)
@@ -43,25 +45,44 @@ end
 -- Count only when every window has room; the client derives the headers from the counts.
 for i = 1, n do
   local s = states[i]
-  local max = tonumber(ARGV[2 * i - 1])
+  local max = tonumber(ARGV[2 * i + 1])
   local est = s[4] * (s[2] - s[5]) / s[2] + s[3]
-  if est + 1 > max + 1e-9 then allowed = 0 end
+  if est + need > max + 1e-9 then allowed = 0 end
 end
 if allowed == 1 then
   for i = 1, n do
     local s = states[i]
-    redis.call('INCR', s[1])
-    redis.call('PEXPIRE', s[1], s[2] * 2)
+    if cost > 0 then
+      redis.call('INCRBY', s[1], cost)
+      redis.call('PEXPIRE', s[1], s[2] * 2)
+    end
   end
 end
 table.insert(out, 1, allowed)
 return out
 "#;
 
+/// Add ARGV[1] (negative: a refund) to the current period of each window (ARGV[2..] are the
+/// window lengths), never below zero.
+const ADD_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local delta = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local ms = tonumber(ARGV[i])
+  local ck = KEYS[1] .. ':' .. ms .. ':' .. math.floor(now / ms)
+  local v = redis.call('INCRBY', ck, delta)
+  if v < 0 then redis.call('SET', ck, 0) end
+  redis.call('PEXPIRE', ck, ms * 2)
+end
+return 1
+"#;
+
 /// A Redis server used for rate limits, shared by all plugin instances with the same URL.
 pub struct RedisStore {
     conn: RedisConn,
     script: redis::Script,
+    add_script: redis::Script,
 }
 
 /// Why a decision could not be made.
@@ -76,21 +97,63 @@ impl RedisStore {
             Ok(RedisStore {
                 conn: RedisConn::open(url, timeout)?,
                 script: redis::Script::new(SCRIPT),
+                add_script: redis::Script::new(ADD_SCRIPT),
             })
         })
     }
 
     /// Check and count one request of `key` (already prefixed and scoped).
     pub async fn hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
-        let result = self.try_hit(key, windows).await;
+        self.hit_n(key, windows, 1, 1, "rate-limit store").await
+    }
+
+    /// Check whether `need` units of `key` fit every window and, when they do, count `cost`;
+    /// a failure is logged (at most once a second) as `what`.
+    pub async fn hit_n(
+        &self,
+        key: &str,
+        windows: &[Window],
+        cost: u64,
+        need: u64,
+        what: &str,
+    ) -> Result<Decision, StoreError> {
+        let result = self.try_hit(key, windows, cost, need).await;
         if let Err(e) = &result {
-            self.conn.warn("rate-limit store", e);
+            self.conn.warn(what, e);
         }
         result
     }
 
-    async fn try_hit(&self, key: &str, windows: &[Window]) -> Result<Decision, StoreError> {
+    /// Add `delta` units (negative: a refund) to the current period of every window of `key`,
+    /// without a check; counts never go below zero.
+    pub async fn add(
+        &self,
+        key: &str,
+        windows: &[Window],
+        delta: i64,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.add_script.key(key);
+        inv.arg(delta);
+        for w in windows {
+            inv.arg(w.ms);
+        }
+        let result: Result<u64, StoreError> = self.conn.invoke(&inv).await;
+        if let Err(e) = &result {
+            self.conn.warn(what, e);
+        }
+        result.map(|_| ())
+    }
+
+    async fn try_hit(
+        &self,
+        key: &str,
+        windows: &[Window],
+        cost: u64,
+        need: u64,
+    ) -> Result<Decision, StoreError> {
         let mut inv = self.script.key(key);
+        inv.arg(cost).arg(need);
         for w in windows {
             inv.arg(w.max).arg(w.ms);
         }
@@ -108,7 +171,7 @@ impl RedisStore {
                 (est, current, previous, into)
             })
             .collect();
-        let mut d = Decision::from_states(windows, &states);
+        let mut d = Decision::from_states(windows, &states, cost, need);
         // Redis had the last word on whether the request was counted.
         d.allowed = reply[0] == 1;
         Ok(d)

@@ -1,23 +1,25 @@
 //! The sliding-window rule every store applies: windows, and the decision (with what the
-//! headers report) computed from each window's counts.
+//! headers report) computed from each window's counts. A check asks for `need` units of room
+//! and, when it passes, counts `cost` units: `rate_limit` asks for and counts one request,
+//! `token_limit` asks for its estimate (at least one token) and counts the estimate.
 
-/// One window: at most `max` requests per `ms` milliseconds.
+/// One window: at most `max` units (requests, tokens) per `ms` milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
     /// Window length in milliseconds.
     pub ms: u64,
-    /// Requests allowed per window.
+    /// Units allowed per window.
     pub max: u64,
 }
 
 /// The outcome of one check, with what the headers report (the tightest window).
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
-    /// The request may pass (and was counted).
+    /// The request may pass (and its cost was counted).
     pub allowed: bool,
     /// Limit of the tightest window.
     pub limit: u64,
-    /// Requests left in the tightest window after this one.
+    /// Units left in the tightest window after this one.
     pub remaining: u64,
     /// Milliseconds until the tightest window's current period ends.
     pub reset_ms: u64,
@@ -28,22 +30,28 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Decide from each window's `(estimate, current, previous, ms into the window)`.
-    pub(crate) fn from_states(windows: &[Window], states: &[(f64, u64, u64, u64)]) -> Self {
+    /// Decide from each window's `(estimate, current, previous, ms into the window)` whether
+    /// `need` units fit every window; `cost` is what is counted when they do.
+    pub(crate) fn from_states(
+        windows: &[Window],
+        states: &[(f64, u64, u64, u64)],
+        cost: u64,
+        need: u64,
+    ) -> Self {
         let allowed = windows
             .iter()
             .zip(states)
-            .all(|(w, s)| s.0 + 1.0 <= w.max as f64 + 1e-9);
+            .all(|(w, s)| s.0 + need as f64 <= w.max as f64 + 1e-9);
         let mut best: Option<(u64, usize)> = None;
         let mut retry = 0u64;
         for (i, (w, &(est, current, previous, into))) in windows.iter().zip(states).enumerate() {
-            let used = est + if allowed { 1.0 } else { 0.0 };
+            let used = est + if allowed { cost as f64 } else { 0.0 };
             let remaining = (w.max as f64 - used).floor().max(0.0) as u64;
             if best.is_none_or(|(r, _)| remaining < r) {
                 best = Some((remaining, i));
             }
-            if est + 1.0 > w.max as f64 + 1e-9 {
-                retry = retry.max(wait_ms(w, current, previous, into));
+            if est + need as f64 > w.max as f64 + 1e-9 {
+                retry = retry.max(wait_ms(w, current, previous, into, need));
             }
         }
         let (remaining, i) = best.unwrap_or((0, 0));
@@ -63,21 +71,25 @@ impl Decision {
     }
 }
 
-/// How long until `previous × unelapsed share + current + 1 ≤ max`.
-fn wait_ms(w: &Window, current: u64, previous: u64, into: u64) -> u64 {
+/// How long until `previous × unelapsed share + current + need ≤ max` (a need larger than the
+/// window never fits: one window length is reported).
+fn wait_ms(w: &Window, current: u64, previous: u64, into: u64, need: u64) -> u64 {
     let ms = w.ms as f64;
-    if current + 1 > w.max {
+    if need > w.max {
+        return w.ms;
+    }
+    if current + need > w.max {
         // Not before this window ends; then the current count becomes the previous one.
         let rest = w.ms - into;
         if current == 0 {
             return rest;
         }
-        let r = (ms - (w.max.saturating_sub(1)) as f64 * ms / current as f64).max(0.0);
+        let r = (ms - (w.max - need) as f64 * ms / current as f64).max(0.0);
         rest + r.ceil() as u64
     } else if previous == 0 {
         1
     } else {
-        let r = ms - (w.max - 1 - current) as f64 * ms / previous as f64;
+        let r = ms - (w.max - need - current) as f64 * ms / previous as f64;
         (r.ceil() as u64).saturating_sub(into).max(1)
     }
 }
