@@ -566,10 +566,16 @@ mod tests {
             "{UPSTREAMS}[[routes]]\nname = \"chat\"\nfallback = [{{ upstream = \"a\" }}, {{ upstream = \"nope\", model = \"\" }}]\nfallback_on = [\"connect\", \"404\"]\n"
         ));
         assert!(
-            has(&e, "routes[0].fallback[1].upstream: no upstream named \"nope\""),
+            has(
+                &e,
+                "routes[0].fallback[1].upstream: no upstream named \"nope\""
+            ),
             "{e:?}"
         );
-        assert!(has(&e, "routes[0].fallback[1].model: must not be empty"), "{e:?}");
+        assert!(
+            has(&e, "routes[0].fallback[1].model: must not be empty"),
+            "{e:?}"
+        );
         assert!(has(&e, "routes[0].fallback_on[1]: \"404\""), "{e:?}");
     }
 
@@ -578,8 +584,14 @@ mod tests {
         let e = errors(&format!(
             "{UPSTREAMS}[[routes]]\nname = \"chat\"\nupstream = \"a\"\nretry_on_status = [503]\nfallback = [{{ upstream = \"a\" }}, {{ upstream = \"b\" }}]\n"
         ));
-        assert!(has(&e, "routes[0].upstream: a route with `fallback`"), "{e:?}");
-        assert!(has(&e, "routes[0].fallback_on: `fallback_on` replaces"), "{e:?}");
+        assert!(
+            has(&e, "routes[0].upstream: a route with `fallback`"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "routes[0].fallback_on: `fallback_on` replaces"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -587,9 +599,21 @@ mod tests {
         let e = errors(&format!(
             "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\nqueue_size = 3\n\n[[routes]]\nname = \"chat\"\nupstream = \"a\"\nmax_body_bytes = 70000\nfirst_byte_timeout_ms = 0\non_body_over_limit = \"reject\"\n"
         ));
-        assert!(has(&e, "routes[0].max_body_bytes: between 1 and 65536"), "{e:?}");
-        assert!(has(&e, "routes[0].first_byte_timeout_ms: must be at least 1"), "{e:?}");
-        assert!(has(&e, "upstreams[0].queue_size: a queue needs max_concurrent_requests"), "{e:?}");
+        assert!(
+            has(&e, "routes[0].max_body_bytes: between 1 and 65536"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "routes[0].first_byte_timeout_ms: must be at least 1"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "upstreams[0].queue_size: a queue needs max_concurrent_requests"
+            ),
+            "{e:?}"
+        );
         let e = errors(&format!(
             "{UPSTREAMS}[[routes]]\nname = \"chat\"\nupstream = \"a\"\non_body_over_limit = \"drop\"\n"
         ));

@@ -61,7 +61,11 @@ pub fn stream_timeout(e: &Error) -> Option<StreamTimeout> {
                 };
             }
         }
+        // Pingora nests its errors as `Error` or (through `Into`) as `Box<Error>`.
         if let Some(pe) = c.downcast_ref::<Error>() {
+            return stream_timeout(pe);
+        }
+        if let Some(pe) = c.downcast_ref::<Box<Error>>() {
             return stream_timeout(pe);
         }
         cause = c.source();
