@@ -596,9 +596,9 @@ mod tests {
 
     #[test]
     fn body_bound_timeouts_and_queue_are_checked() {
-        let e = errors(&format!(
+        let e = errors(
             "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\nqueue_size = 3\n\n[[routes]]\nname = \"chat\"\nupstream = \"a\"\nmax_body_bytes = 70000\nfirst_byte_timeout_ms = 0\non_body_over_limit = \"reject\"\n"
-        ));
+        );
         assert!(
             has(&e, "routes[0].max_body_bytes: between 1 and 65536"),
             "{e:?}"

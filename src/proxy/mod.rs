@@ -394,10 +394,9 @@ impl ProxyHttp for Gateway {
             .route
             .as_ref()
             .is_some_and(|r| r.stream_timeouts.is_some())
+            && self.stream_timed_out(session, ctx, &mut e).is_some()
         {
-            if self.stream_timed_out(session, ctx, &mut e).is_some() {
-                return e;
-            }
+            return e;
         }
         let retry_timeout = ctx.route.as_ref().is_some_and(|r| {
             r.retry.on_timeout
