@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod fallback;
 pub mod framing;
 pub mod lifecycle;
 pub mod logging;

@@ -59,6 +59,20 @@ pub struct Metrics {
     /// `tollgate_log_lines_suppressed_total{target}`: log lines left out by the per-call-site
     /// rate limit.
     pub log_lines_suppressed: IntCounterVec,
+    /// `tollgate_fallbacks_total{route,from,to,cause}`: requests moved to the next fallback
+    /// target (`cause`: `connect`, `timeout`, `429`, `5xx`, `unavailable`, `queue`).
+    pub fallbacks: IntCounterVec,
+    /// `tollgate_body_over_limit_total{route,action}`: bodies over a route's
+    /// `max_body_bytes` (`action`: `reject`, `default_target`).
+    pub body_over_limit: IntCounterVec,
+    /// `tollgate_upstream_stream_timeouts_total{route,kind}`: `first_byte` and `idle`
+    /// timeouts of routes with `first_byte_timeout_ms` / `idle_timeout_ms`.
+    pub stream_timeouts: IntCounterVec,
+    /// `tollgate_upstream_queue_rejections_total{upstream,reason}`: requests refused by an
+    /// upstream's `max_concurrent_requests` (`queue_full`, `queue_timeout`).
+    pub queue_rejections: IntCounterVec,
+    /// `tollgate_upstream_queued_requests{upstream}`: requests waiting for a slot.
+    pub queued: IntGaugeVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -197,6 +211,41 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["target"],
     )?;
+    let fallbacks = IntCounterVec::new(
+        Opts::new(
+            "tollgate_fallbacks_total",
+            "Requests moved to a route's next fallback target, by route, targets and cause",
+        ),
+        &["route", "from", "to", "cause"],
+    )?;
+    let body_over_limit = IntCounterVec::new(
+        Opts::new(
+            "tollgate_body_over_limit_total",
+            "Request bodies over a route's max_body_bytes (or chunked), by route and action",
+        ),
+        &["route", "action"],
+    )?;
+    let stream_timeouts = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_stream_timeouts_total",
+            "First-byte and idle timeouts of upstream responses, by route and kind",
+        ),
+        &["route", "kind"],
+    )?;
+    let queue_rejections = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_queue_rejections_total",
+            "Requests refused by an upstream's concurrency limit, by upstream and reason",
+        ),
+        &["upstream", "reason"],
+    )?;
+    let queued = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_queued_requests",
+            "Requests waiting for a slot of an upstream's max_concurrent_requests",
+        ),
+        &["upstream"],
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -223,6 +272,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(upstream_retries.clone()))?;
     registry.register(Box::new(split_body_too_large.clone()))?;
     registry.register(Box::new(dns_resolutions.clone()))?;
+    registry.register(Box::new(fallbacks.clone()))?;
+    registry.register(Box::new(body_over_limit.clone()))?;
+    registry.register(Box::new(stream_timeouts.clone()))?;
+    registry.register(Box::new(queue_rejections.clone()))?;
+    registry.register(Box::new(queued.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -253,6 +307,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_retries,
         split_body_too_large,
         dns_resolutions,
+        fallbacks,
+        body_over_limit,
+        stream_timeouts,
+        queue_rejections,
+        queued,
     })
 }
 

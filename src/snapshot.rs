@@ -93,6 +93,23 @@ pub struct Route {
     pub request_body: Option<crate::config::schema::RequestBodySection>,
     /// The route's cache policy, when it has the `cache` plugin.
     pub cache: Option<Arc<tollgate_plugins::cache::CachePolicy>>,
+    /// Model fallback, when the route lists `fallback` targets.
+    pub fallback: Option<crate::fallback::Fallback>,
+    /// Largest body read ahead for body routing and fallback (`max_body_bytes`).
+    pub body_max_bytes: usize,
+    /// What a body over `body_max_bytes` gets.
+    pub on_body_over_limit: crate::config::schema::BodyOverLimit,
+    /// `first_byte_timeout_ms` / `idle_timeout_ms`, when either is set.
+    pub stream_timeouts: Option<StreamTimeouts>,
+}
+
+/// A route's timeouts on the upstream's response stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// From the request's last byte to the response's first.
+    pub first_byte: Option<std::time::Duration>,
+    /// Between two reads of the response once it began.
+    pub idle: Option<std::time::Duration>,
 }
 
 /// A whole compiled config.

@@ -6,7 +6,7 @@ use super::schema::{ConsumerGroupSection, RouteSection, ServerSection, UpstreamS
 use crate::metrics::METRICS;
 use crate::retained::Retained;
 use crate::router::Router;
-use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, Timeouts};
+use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, StreamTimeouts, Timeouts};
 use crate::upstream::UpstreamPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -17,6 +17,9 @@ use tollgate_plugins::net::parse_nets;
 use tollgate_plugins::{
     parse_config_all, BuildCtx, ConfigError, Consumers, Phase, Plugin, Registry,
 };
+
+/// The longest `fallback` list (each target may cost a full upstream attempt).
+const MAX_FALLBACK_TARGETS: usize = 8;
 
 const TOP_LEVEL: &[&str] = &[
     "server",
@@ -394,13 +397,63 @@ fn compile_route(
     }
     let split = crate::split::Split::compile(&r.split, at, upstreams, errors);
     let split_catch_all = split.as_ref().is_some_and(|s| s.has_catch_all());
+    let fallback = crate::fallback::Fallback::compile(
+        &r.fallback,
+        &r.fallback_on,
+        r.upstream_header,
+        at,
+        upstreams,
+        errors,
+    );
+    if !r.fallback.is_empty() {
+        if r.upstream.is_some() {
+            errors.push(ConfigError::new(
+                format!("{at}.upstream"),
+                "a route with `fallback` lists its targets there (the first is the default): leave out `upstream`",
+            ));
+        }
+        if !r.retry_on_status.is_empty() || r.retry_on_timeout {
+            errors.push(ConfigError::new(
+                format!("{at}.fallback_on"),
+                "`fallback_on` replaces retry_on_status and retry_on_timeout on a route with `fallback`",
+            ));
+        }
+        if r.fallback.len() > MAX_FALLBACK_TARGETS {
+            errors.push(ConfigError::new(
+                format!("{at}.fallback"),
+                format!("at most {MAX_FALLBACK_TARGETS} targets"),
+            ));
+        }
+    }
+    let body_max_bytes = r.max_body_bytes.unwrap_or(r.split_body_max_bytes);
+    if body_max_bytes == 0 || body_max_bytes > crate::proxy::body::MAX_SMALL_BODY {
+        errors.push(ConfigError::new(
+            format!("{at}.max_body_bytes"),
+            format!(
+                "between 1 and {} bytes (what Pingora can replay upstream)",
+                crate::proxy::body::MAX_SMALL_BODY
+            ),
+        ));
+    }
+    for (key, v) in [
+        ("first_byte_timeout_ms", r.first_byte_timeout_ms),
+        ("idle_timeout_ms", r.idle_timeout_ms),
+    ] {
+        if v == Some(0) {
+            errors.push(ConfigError::new(
+                format!("{at}.{key}"),
+                "must be at least 1",
+            ));
+        }
+    }
     if r.upstream.is_none()
+        && r.fallback.is_empty()
         && !split_catch_all
         && !chain.iter().any(|p| p.phase() == Phase::Respond)
     {
         errors.push(ConfigError::new(
             at,
-            "a route needs an `upstream`, a split rule without `match`, or a plugin that answers (such as mock)",
+            "a route needs an `upstream` (or `fallback`), a split rule without `match`, or a plugin that answers (such as mock)",
         ));
     }
     if r.split_body_max_bytes == 0 || r.split_body_max_bytes > crate::proxy::body::MAX_SMALL_BODY {
@@ -435,7 +488,6 @@ fn compile_route(
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Some(Route {
         name: Arc::from(r.name.as_str()),
-        upstream,
         split,
         retry: RetryPolicy {
             on_status: r.retry_on_status.clone(),
@@ -464,6 +516,21 @@ fn compile_route(
         cors: chain.iter().any(|p| p.name() == "cors"),
         split_body_max_bytes: r.split_body_max_bytes,
         cache: chain.iter().find_map(|p| p.cache_policy().cloned()),
+        upstream: upstream.or_else(|| {
+            fallback
+                .as_ref()
+                .and_then(|f| f.targets.first())
+                .map(|t| t.upstream.clone())
+        }),
+        fallback,
+        body_max_bytes,
+        on_body_over_limit: r.on_body_over_limit,
+        stream_timeouts: (r.first_byte_timeout_ms.is_some() || r.idle_timeout_ms.is_some()).then(
+            || StreamTimeouts {
+                first_byte: ms(r.first_byte_timeout_ms),
+                idle: ms(r.idle_timeout_ms),
+            },
+        ),
         chain: RouteChain {
             base: Plugins::from(chain),
             per_consumer,

@@ -95,3 +95,90 @@ pub fn load_str(text: &str, file: &str, retained: &Retained) -> Result<Snapshot,
     snap.source = Some(std::sync::Arc::new((text.to_string(), file.to_string())));
     Ok(snap)
 }
+
+#[cfg(test)]
+mod fallback_checks {
+    use crate::retained::Retained;
+
+    /// The `path: message` of every error `text` gives.
+    fn errors(text: &str) -> Vec<String> {
+        match super::load_str(text, "t.toml", &Retained::new()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .into_iter()
+                .map(|(_, e)| format!("{}: {}", e.path, e.message))
+                .collect(),
+        }
+    }
+
+    const UPSTREAMS: &str = "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n\n[[upstreams]]\nname = \"b\"\nbackends = [\"127.0.0.1:2\"]\n\n";
+
+    fn has(errors: &[String], want: &str) -> bool {
+        errors.iter().any(|e| e.starts_with(want))
+    }
+
+    #[test]
+    fn fallback_targets_and_triggers_are_checked_with_their_paths() {
+        let e = errors(&format!(
+            "{UPSTREAMS}[[routes]]\nname = \"chat\"\nfallback = [{{ upstream = \"a\" }}, {{ upstream = \"nope\", model = \"\" }}]\nfallback_on = [\"connect\", \"404\"]\n"
+        ));
+        assert!(
+            has(
+                &e,
+                "routes[0].fallback[1].upstream: no upstream named \"nope\""
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "routes[0].fallback[1].model: must not be empty"),
+            "{e:?}"
+        );
+        assert!(has(&e, "routes[0].fallback_on[1]: \"404\""), "{e:?}");
+    }
+
+    #[test]
+    fn fallback_excludes_upstream_and_status_retries() {
+        let e = errors(&format!(
+            "{UPSTREAMS}[[routes]]\nname = \"chat\"\nupstream = \"a\"\nretry_on_status = [503]\nfallback = [{{ upstream = \"a\" }}, {{ upstream = \"b\" }}]\n"
+        ));
+        assert!(
+            has(&e, "routes[0].upstream: a route with `fallback`"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "routes[0].fallback_on: `fallback_on` replaces"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn body_bound_timeouts_and_queue_are_checked() {
+        let e = errors(
+            "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\nqueue_size = 3\n\n[[routes]]\nname = \"chat\"\nupstream = \"a\"\nmax_body_bytes = 70000\nfirst_byte_timeout_ms = 0\non_body_over_limit = \"reject\"\n"
+        );
+        assert!(
+            has(&e, "routes[0].max_body_bytes: between 1 and 65536"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "routes[0].first_byte_timeout_ms: must be at least 1"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "upstreams[0].queue_size: a queue needs max_concurrent_requests"
+            ),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{UPSTREAMS}[[routes]]\nname = \"chat\"\nupstream = \"a\"\non_body_over_limit = \"drop\"\n"
+        ));
+        assert!(has(&e, "routes[0].on_body_over_limit"), "{e:?}");
+        let ok = errors(&format!(
+            "{UPSTREAMS}[[routes]]\nname = \"chat\"\nfallback = [{{ upstream = \"a\" }}, {{ upstream = \"b\", model = \"llama\" }}]\nfallback_on = [\"connect\", \"503\"]\nfirst_byte_timeout_ms = 100\nidle_timeout_ms = 100\n"
+        ));
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+}

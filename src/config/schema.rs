@@ -478,6 +478,17 @@ pub struct UpstreamSection {
     /// How often backends given by host name are resolved again (0 = only at load).
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval_seconds: u64,
+    /// Requests in flight to this upstream at once, over all its backends (0 = no limit).
+    /// Requests over it wait in a FIFO queue.
+    #[serde(default)]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for a slot (with `max_concurrent_requests`); a full queue
+    /// refuses at once (0 = no queue).
+    #[serde(default)]
+    pub queue_size: usize,
+    /// Longest wait in the queue; past it the request gets 503 (or its next fallback target).
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout_ms: u64,
 }
 
 /// `[upstreams.passive_health]`: eject a backend after consecutive failures (connect
@@ -660,6 +671,54 @@ pub struct RouteSection {
     /// chunked) body goes to the default target, counted and logged.
     #[serde(default = "default_body_max")]
     pub split_body_max_bytes: usize,
+    /// Model fallback: the route's targets in order (instead of `upstream`); the next is
+    /// tried when one fails for a cause in `fallback_on`, before any response byte.
+    #[serde(default)]
+    pub fallback: Vec<FallbackTargetSection>,
+    /// What makes a request move to the next fallback target: `connect`, `timeout`, `429`,
+    /// `5xx` or one 5xx status (`"503"`).
+    #[serde(default = "default_fallback_on")]
+    pub fallback_on: Vec<String>,
+    /// Largest JSON request body read for body-based routing (split on `body`) and for
+    /// fallback (replay, `model` rewrite); default `split_body_max_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// What a body over `max_body_bytes` (or chunked) gets on a route that reads it.
+    #[serde(default)]
+    pub on_body_over_limit: BodyOverLimit,
+    /// Longest wait from sending the request to the first byte of the response (time to
+    /// first token); a fallback trigger (`timeout`).
+    #[serde(default)]
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Longest silence between two pieces of the response body (between SSE events) once it
+    /// began; past it the stream ends.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Send `X-Tollgate-Upstream: <upstream name>` on responses of a route with `fallback`.
+    #[serde(default = "default_true")]
+    pub upstream_header: bool,
+}
+
+/// `on_body_over_limit`: a request body over a route's `max_body_bytes`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyOverLimit {
+    /// Skip body routing and fallback: the first (default) target only, counted.
+    #[default]
+    DefaultTarget,
+    /// Answer 413 `body_too_large`.
+    Reject,
+}
+
+/// One target of a route's `fallback` list.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackTargetSection {
+    /// Upstream name.
+    pub upstream: String,
+    /// Replace the JSON body's top-level `model` with this for this target.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// `[routes.request_body]`: buffering and pace of request bodies.
@@ -766,6 +825,15 @@ fn default_body_max() -> usize {
 }
 fn default_body_read_timeout() -> u64 {
     60_000
+}
+fn default_queue_timeout() -> u64 {
+    5_000
+}
+fn default_fallback_on() -> Vec<String> {
+    ["connect", "timeout", "429", "5xx"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_resolve_interval() -> u64 {
     30

@@ -11,6 +11,7 @@
 
 use super::error::GatewayError;
 use crate::metrics::METRICS;
+use crate::upstream::limit::Permit;
 use crate::upstream::outlier::{Admission, Circuit};
 use crate::upstream::UpstreamPool;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -91,11 +92,18 @@ pub struct Attempt {
     /// Passive health has this attempt's outcome (or it was forgiven).
     reported: bool,
     ticket: Option<BreakerTicket>,
+    /// The upstream's concurrency slot (`max_concurrent_requests`), freed on drop.
+    permit: Option<Permit>,
 }
 
 impl Attempt {
     /// Start a try at backend `backend` of `pool`, carrying the request's breaker ticket.
-    pub fn begin(pool: Arc<UpstreamPool>, backend: usize, ticket: Option<BreakerTicket>) -> Self {
+    pub fn begin(
+        pool: Arc<UpstreamPool>,
+        backend: usize,
+        ticket: Option<BreakerTicket>,
+        permit: Option<Permit>,
+    ) -> Self {
         pool.begin(backend);
         let ticket = ticket.map(|mut t| {
             t.tried = true;
@@ -106,7 +114,13 @@ impl Attempt {
             backend,
             reported: false,
             ticket,
+            permit,
         }
+    }
+
+    /// The pool this attempt is at.
+    pub fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.pool
     }
 
     /// The backend's index in its pool.
@@ -141,9 +155,10 @@ impl Attempt {
         }
     }
 
-    /// End this attempt (settling it) and hand the breaker ticket to the next one.
-    pub fn into_ticket(mut self) -> Option<BreakerTicket> {
-        self.ticket.take()
+    /// End this attempt (settling it) and hand the breaker ticket and the concurrency slot
+    /// to the next one (at the same upstream).
+    pub fn into_parts(mut self) -> (Option<BreakerTicket>, Option<Permit>) {
+        (self.ticket.take(), self.permit.take())
     }
 }
 

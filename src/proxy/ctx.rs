@@ -65,6 +65,17 @@ pub struct Ctx {
     /// The response has a body and the route has response-body hooks: they run on each
     /// chunk (decided in `response_filter`).
     pub(super) response_body_hooks: bool,
+    /// The request may move along the route's `fallback` list (the route has one, its body
+    /// is within `max_body_bytes`, no split rule sent it elsewhere).
+    pub(super) fallback_live: bool,
+    /// Index of the current target in the route's `fallback` list.
+    pub(super) fallback_pos: usize,
+    /// `upstream_response_filter` moved the request on: the error it returns is retried.
+    pub(super) fell_back: bool,
+    /// The body sent to the current target when its `model` differs from the client's.
+    pub(super) body_override: Option<bytes::Bytes>,
+    /// `body_override` went into this attempt's body already.
+    pub(super) override_sent: bool,
 }
 
 /// The plugins a request runs: its consumer's chain once one was chosen, else the route's.
@@ -106,6 +117,11 @@ impl Ctx {
             upstream_uri: None,
             consumer_chain: None,
             response_body_hooks: false,
+            fallback_live: false,
+            fallback_pos: 0,
+            fell_back: false,
+            body_override: None,
+            override_sent: false,
         }
     }
 
@@ -137,6 +153,61 @@ impl Ctx {
                 .with_label_values(&[&*up.name, cause])
                 .inc();
         }
+    }
+
+    /// The body for the fallback target at `pos`: the client's with that target's `model`
+    /// (`None`: the client's as it came).
+    pub(super) fn target_body(&self, route: &Route, pos: usize) -> Option<bytes::Bytes> {
+        let model = route.fallback.as_ref()?.targets.get(pos)?.model.as_ref()?;
+        crate::fallback::rewrite_model(self.body.as_ref()?, model)
+    }
+
+    /// What moves this request along its route's `fallback` list, when it may move.
+    pub(super) fn fallback_triggers(&self) -> Option<&crate::fallback::Triggers> {
+        if !self.fallback_live {
+            return None;
+        }
+        self.route.as_ref()?.fallback.as_ref().map(|f| &f.on)
+    }
+
+    /// Move to the next target of the route's `fallback` list because of `cause`, if there is
+    /// one and the request may (no response byte sent, deadline not passed). Counts and logs
+    /// the move. The current attempt settles when the next one begins.
+    pub(super) fn fall_back(&mut self, cause: &'static str) -> bool {
+        let Some(route) = self.route.clone().filter(|_| self.fallback_live) else {
+            return false;
+        };
+        let Some(next) = route
+            .fallback
+            .as_ref()
+            .and_then(|f| f.targets.get(self.fallback_pos + 1))
+        else {
+            return false;
+        };
+        if route
+            .retry
+            .deadline
+            .is_some_and(|d| self.start.elapsed() >= d)
+        {
+            return false;
+        }
+        let from = self.upstream.as_ref().map_or("", |u| &*u.name);
+        crate::metrics::METRICS
+            .fallbacks
+            .with_label_values(&[&*route.name, from, &*next.upstream.name, cause])
+            .inc();
+        log::debug!(
+            "route {}: {cause} on upstream {from}, falling back to {}",
+            route.name,
+            next.upstream.name
+        );
+        self.upstream = Some(next.upstream.clone());
+        self.fallback_pos += 1;
+        self.body_override = self.target_body(&route, self.fallback_pos);
+        // Each target gets its own connect retries among its own backends.
+        self.attempts = 0;
+        self.tried.clear();
+        true
     }
 
     /// Keep the current attempt's backend out of the next pick.

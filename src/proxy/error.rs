@@ -38,6 +38,13 @@ pub enum GatewayError {
     UpstreamStatus(u16),
     /// The client was too slow to send its request (408).
     RequestTimeout,
+    /// The request body is over the route's `max_body_bytes` (413).
+    BodyTooLarge,
+    /// The upstream is at `max_concurrent_requests` and its queue is full (503).
+    QueueFull,
+    /// No slot of the upstream's `max_concurrent_requests` freed up within
+    /// `queue_timeout_ms` (503).
+    QueueTimeout,
     /// The client went away: nothing can be answered.
     ClientClosed,
     /// A bug in the gateway (500).
@@ -54,7 +61,8 @@ impl GatewayError {
             Malformed(s) | UpstreamStatus(s) => *s,
             RouteNotFound => 404,
             MethodNotAllowed(_) => 405,
-            CircuitOpen | NoHealthyUpstream => 503,
+            CircuitOpen | NoHealthyUpstream | QueueFull | QueueTimeout => 503,
+            BodyTooLarge => 413,
             UpstreamUnavailable => 502,
             UpstreamTimeout => 504,
             RequestTimeout => 408,
@@ -76,6 +84,8 @@ impl GatewayError {
             UpstreamTimeout => "upstream_timeout",
             UpstreamStatus(_) => "upstream_error",
             RequestTimeout => "request_timeout",
+            BodyTooLarge => "body_too_large",
+            QueueFull | QueueTimeout => "upstream_busy",
             ClientClosed => "client_closed",
             Internal => "internal_error",
         }
@@ -98,6 +108,9 @@ impl GatewayError {
             UpstreamTimeout => "the upstream did not answer in time",
             UpstreamStatus(_) => "the upstream failed",
             RequestTimeout => "the request was not received in time",
+            BodyTooLarge => "request body is larger than allowed",
+            QueueFull => "the upstream is at its concurrency limit and its queue is full",
+            QueueTimeout => "the upstream is at its concurrency limit; no slot freed up in time",
             ClientClosed => "",
             Internal => "the gateway failed",
         }

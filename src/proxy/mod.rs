@@ -29,6 +29,8 @@ mod respond;
 mod response_body;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::config::schema::BodyOverLimit;
+use crate::fallback;
 use crate::framing;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{method_label, METRICS};
@@ -36,6 +38,8 @@ use crate::origin_date::OriginDate;
 use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
 use crate::target;
+use crate::upstream::limit::Refusal;
+use crate::upstream::timed::{stream_timeout, StreamTimeout, TimedConnect};
 use crate::upstream::HashOn;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -64,6 +68,9 @@ use tollgate_plugins::cache::{Exchange, RequestUse};
 use tollgate_plugins::net::contains;
 use tollgate_plugins::req::content_length;
 use tollgate_plugins::{chain, Phase, RequestCtx, RequestId};
+
+/// The response header naming the upstream that served a route with `fallback`.
+const UPSTREAM_HEADER: &str = "x-tollgate-upstream";
 
 /// Bytes of the request line around the method and target: `" "` and `" HTTP/1.1\r\n"`.
 const REQUEST_LINE_FRAMING: usize = 1 + 11;
@@ -256,31 +263,66 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(split) = &route.split {
-            let max = route.split_body_max_bytes;
-            if split.needs_body && has_large_body(session.req_header(), max) {
+        // Routes that read the JSON body (split on `body`, fallback) bound it first.
+        let reads_body =
+            route.fallback.is_some() || route.split.as_ref().is_some_and(|s| s.needs_body);
+        let max = route.body_max_bytes;
+        let over_limit = reads_body
+            && (has_large_body(session.req_header(), max)
+                || ctx.body.as_ref().is_some_and(|b| b.len() > max));
+        if over_limit {
+            let reject = route.on_body_over_limit == BodyOverLimit::Reject;
+            METRICS
+                .body_over_limit
+                .with_label_values(&[
+                    &*route.name,
+                    if reject { "reject" } else { "default_target" },
+                ])
+                .inc();
+            if route.split.as_ref().is_some_and(|s| s.needs_body) {
                 METRICS
                     .split_body_too_large
                     .with_label_values(&[&*route.name])
                     .inc();
+            }
+            if reject {
                 log::warn!(
-                    "route {}: request body over split_body_max_bytes ({max}) or chunked: default target",
+                    "route {}: request body over max_body_bytes ({max}) or chunked: 413",
                     route.name
                 );
+                session.set_keepalive(None);
+                return self
+                    .answer_error(session, ctx, GatewayError::BodyTooLarge)
+                    .await;
             }
-            let body = if split.needs_body && has_small_body(session.req_header(), max) {
-                let bytes = match ctx.body.clone() {
-                    Some(b) => b,
-                    None => read_small_body(session).await?,
-                };
-                ctx.body_hash = Some(sha256(&bytes));
-                serde_json::from_slice::<serde_json::Value>(&bytes).ok()
-            } else {
-                None
+            log::warn!(
+                "route {}: request body over max_body_bytes ({max}) or chunked: default target, no fallback",
+                route.name
+            );
+        }
+        let small_body = reads_body && !over_limit && has_small_body(session.req_header(), max);
+        if small_body && ctx.body.is_none() {
+            ctx.body = Some(read_small_body(session).await?);
+        }
+        let mut split_chose = false;
+        if let Some(split) = &route.split {
+            let body = match &ctx.body {
+                Some(bytes) if split.needs_body && small_body => {
+                    ctx.body_hash = Some(sha256(bytes));
+                    serde_json::from_slice::<serde_json::Value>(bytes).ok()
+                }
+                _ => None,
             };
             if let Some(up) = split.choose(session.req_header(), body.as_ref()) {
                 ctx.upstream = Some(up);
+                split_chose = true;
             }
+        }
+        if route.fallback.is_some() && !split_chose {
+            // A request a split rule sent elsewhere, or whose body is over the bound, goes
+            // to its first target only.
+            ctx.fallback_live = !over_limit;
+            ctx.body_override = ctx.target_body(&route, 0);
         }
         if let Some(policy) = &route.cache {
             let req = session.req_header();
@@ -312,61 +354,26 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(route), Some(upstream)) = (ctx.route.clone(), ctx.upstream.clone()) else {
-            return Error::e_explain(ErrorType::InternalError, "no route or upstream");
-        };
-        // The breaker is asked once per request; a retry inherits the first answer.
-        let ticket = match ctx.attempt.take() {
-            Some(previous) => previous.into_ticket(),
-            None => match BreakerTicket::admit(&upstream) {
-                Ok(t) => t,
-                Err(e) => return Err(self.refuse(ctx, e)),
-            },
-        };
-        let mut buf = [0u8; 16];
-        let key = match &upstream.hash_on {
-            Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
-            None => &[],
-        };
-        let Some(index) = upstream.select(key, &ctx.tried) else {
-            if !ctx.tried.is_empty() {
-                // Every backend left was tried and refused: that is the upstream failing.
-                let mut e = Error::new_up(ErrorType::ConnectRefused);
-                e.set_retry(false);
-                return Err(e.more_context("every backend tried failed to connect"));
-            }
-            return Err(self.refuse(ctx, GatewayError::NoHealthyUpstream));
-        };
-        let Some(mut peer) = upstream.peer(index) else {
-            return Error::e_explain(ErrorType::InternalError, "backend without a peer template");
-        };
-        let t = &route.timeouts;
-        if t.connect.is_some() {
-            peer.options.connection_timeout = t.connect;
-        }
-        if t.read.is_some() {
-            peer.options.read_timeout = t.read;
-        }
-        if t.write.is_some() {
-            peer.options.write_timeout = t.write;
-        }
-        if let Some(deadline) = route.retry.deadline {
-            // Every attempt gets at most what is left of the request's deadline.
-            let left = deadline.saturating_sub(ctx.start.elapsed());
-            if left.is_zero() {
-                return Err(self.refuse(ctx, GatewayError::UpstreamTimeout));
-            }
-            for slot in [
-                &mut peer.options.connection_timeout,
-                &mut peer.options.read_timeout,
-            ] {
-                *slot = Some(slot.map_or(left, |t| t.min(left)));
+        // A refusal at one target of a `fallback` list moves on to the next one.
+        loop {
+            match self.target_peer(session, ctx).await {
+                Ok(peer) => return Ok(peer),
+                Err(Refused::Gateway(e, cause)) => {
+                    // A full or timed-out queue always moves on; the rest only on `connect`.
+                    let may =
+                        cause == "queue" || ctx.fallback_triggers().is_some_and(|t| t.connect);
+                    if !(may && ctx.fall_back(cause)) {
+                        return Err(self.refuse(ctx, e));
+                    }
+                }
+                Err(Refused::Proxy(e, cause)) => {
+                    if !(ctx.fallback_triggers().is_some_and(|t| t.connect) && ctx.fall_back(cause))
+                    {
+                        return Err(e);
+                    }
+                }
             }
         }
-        ctx.attempt = Some(Attempt::begin(upstream, index, ticket));
-        ctx.attempts += 1;
-        ctx.upstream_start.get_or_insert_with(Instant::now);
-        Ok(Box::new(peer))
     }
 
     fn error_while_proxy(
@@ -378,6 +385,19 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.fell_back) {
+            // `upstream_response_filter` moved the request to its next fallback target.
+            e.set_retry(true);
+            return e;
+        }
+        if ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.stream_timeouts.is_some())
+            && self.stream_timed_out(session, ctx, &mut e).is_some()
+        {
+            return e;
+        }
         let retry_timeout = ctx.route.as_ref().is_some_and(|r| {
             r.retry.on_timeout
                 && ctx.retries_used < r.retry.max
@@ -432,6 +452,10 @@ impl ProxyHttp for Gateway {
         if retry {
             ctx.count_retry("connect");
         }
+        // Its own backends exhausted, the request moves to the next fallback target: a
+        // connect failure is always safe to retry (nothing reached the upstream).
+        let retry = retry
+            || (ctx.fallback_triggers().is_some_and(|t| t.connect) && ctx.fall_back("connect"));
         e.set_retry(retry);
         e
     }
@@ -447,6 +471,10 @@ impl ProxyHttp for Gateway {
         };
         if let Some(uri) = &ctx.upstream_uri {
             upstream_request.set_uri(uri.clone());
+        }
+        if let Some(b) = &ctx.body_override {
+            // The target's `model` rewrite changed the body's length.
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, b.len())?;
         }
         if !route.preserve_host {
             if let (Some(up), Some(a)) = (&ctx.upstream, &ctx.attempt) {
@@ -578,6 +606,15 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(b) = &ctx.body_override {
+            // The whole body was read ahead: it comes (from the retry buffer) in one piece.
+            *body = Some(if ctx.override_sent {
+                bytes::Bytes::new()
+            } else {
+                b.clone()
+            });
+            ctx.override_sent = true;
+        }
         let Some(route) = ctx.route.clone().filter(|r| r.body_hooks) else {
             return Ok(());
         };
@@ -645,8 +682,17 @@ impl ProxyHttp for Gateway {
                 return Err(e);
             }
         }
+        let fallback_status = ctx.fallback_triggers().is_some_and(|t| t.status(status));
         if let Some(a) = &mut ctx.attempt {
             a.answered(status < 500);
+        }
+        if fallback_status && ctx.fall_back(fallback::status_cause(status)) {
+            // Nothing of this answer reached the client: the next target gets the request.
+            ctx.fell_back = true;
+            ctx.upstream_status = None;
+            let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+            e.set_retry(true);
+            return Err(e);
         }
         if let (Some(up), Some(start)) = (&ctx.upstream, ctx.upstream_start) {
             let elapsed = start.elapsed();
@@ -689,6 +735,19 @@ impl ProxyHttp for Gateway {
             cache::invalidate(&policy, urls).await;
         }
         self.finish_header(upstream_response, ctx);
+        if ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.fallback.as_ref().is_some_and(|f| f.header))
+        {
+            if let Some(v) = ctx
+                .upstream
+                .as_ref()
+                .and_then(|u| http::HeaderValue::from_str(&u.name).ok())
+            {
+                upstream_response.insert_header(UPSTREAM_HEADER, v)?;
+            }
+        }
         ctx.response_body_hooks = ctx.route.as_ref().is_some_and(|r| r.response_body_hooks)
             && response_body::has_body(session.req_header(), upstream_response);
         if ctx.response_body_hooks && !session.is_http2() {
@@ -864,6 +923,152 @@ impl Gateway {
         Ok(true)
     }
 
+    /// A peer at the request's current target (`ctx.upstream`): breaker, concurrency slot,
+    /// backend pick, timeouts. A refusal says why, for the fallback list.
+    async fn target_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<Box<HttpPeer>, Refused> {
+        let (Some(route), Some(upstream)) = (ctx.route.clone(), ctx.upstream.clone()) else {
+            let e = Error::explain(ErrorType::InternalError, "no route or upstream");
+            return Err(Refused::Proxy(e, "unavailable"));
+        };
+        // The breaker is asked once per request and target; a retry at the same target
+        // inherits the first answer (and the concurrency slot).
+        let (ticket, permit) = match ctx.attempt.take() {
+            Some(previous) if Arc::ptr_eq(previous.pool(), &upstream) => previous.into_parts(),
+            previous => {
+                // Settles the previous target's attempt before this one is admitted.
+                drop(previous);
+                let ticket = match BreakerTicket::admit(&upstream) {
+                    Ok(t) => t,
+                    Err(e) => return Err(Refused::Gateway(e, "unavailable")),
+                };
+                (ticket, None)
+            }
+        };
+        let permit = match (permit, &upstream.limit) {
+            (Some(p), _) => Some(p),
+            (None, Some(limit)) => match limit.acquire().await {
+                Ok(p) => Some(p),
+                Err(refusal) => {
+                    METRICS
+                        .queue_rejections
+                        .with_label_values(&[&*upstream.name, refusal.label()])
+                        .inc();
+                    log::warn!(
+                        "upstream {}: at max_concurrent_requests, {}",
+                        upstream.name,
+                        refusal.label()
+                    );
+                    let e = match refusal {
+                        Refusal::QueueFull => GatewayError::QueueFull,
+                        Refusal::QueueTimeout => GatewayError::QueueTimeout,
+                    };
+                    return Err(Refused::Gateway(e, "queue"));
+                }
+            },
+            (None, None) => None,
+        };
+        let mut buf = [0u8; 16];
+        let key = match &upstream.hash_on {
+            Some(on) => hash_key(on, session.req_header(), ctx.req.client_ip, &mut buf),
+            None => &[],
+        };
+        let Some(index) = upstream.select(key, &ctx.tried) else {
+            if !ctx.tried.is_empty() {
+                // Every backend left was tried and refused: that is the upstream failing.
+                let mut e = Error::new_up(ErrorType::ConnectRefused);
+                e.set_retry(false);
+                return Err(Refused::Proxy(
+                    e.more_context("every backend tried failed to connect"),
+                    "connect",
+                ));
+            }
+            return Err(Refused::Gateway(
+                GatewayError::NoHealthyUpstream,
+                "unavailable",
+            ));
+        };
+        let Some(mut peer) = upstream.peer(index) else {
+            let e = Error::explain(ErrorType::InternalError, "backend without a peer template");
+            return Err(Refused::Proxy(e, "unavailable"));
+        };
+        let t = &route.timeouts;
+        if t.connect.is_some() {
+            peer.options.connection_timeout = t.connect;
+        }
+        if t.read.is_some() {
+            peer.options.read_timeout = t.read;
+        }
+        if t.write.is_some() {
+            peer.options.write_timeout = t.write;
+        }
+        if let Some(deadline) = route.retry.deadline {
+            // Every attempt gets at most what is left of the request's deadline.
+            let left = deadline.saturating_sub(ctx.start.elapsed());
+            if left.is_zero() {
+                ctx.failure = Some(GatewayError::UpstreamTimeout);
+                let e = GatewayError::UpstreamTimeout.to_proxy_error();
+                return Err(Refused::Proxy(e, "timeout"));
+            }
+            for slot in [
+                &mut peer.options.connection_timeout,
+                &mut peer.options.read_timeout,
+            ] {
+                *slot = Some(slot.map_or(left, |t| t.min(left)));
+            }
+        }
+        if let Some(st) = route.stream_timeouts {
+            let connect = TimedConnect {
+                connect: peer.options.connection_timeout,
+                first_byte: st.first_byte,
+                idle: st.idle,
+            };
+            peer.group_key = connect.group_key();
+            peer.options.custom_l4 = Some(Arc::new(connect));
+        }
+        ctx.attempt = Some(Attempt::begin(upstream, index, ticket, permit));
+        ctx.attempts += 1;
+        ctx.override_sent = false;
+        ctx.upstream_start.get_or_insert_with(Instant::now);
+        Ok(Box::new(peer))
+    }
+
+    /// An attempt of a route with stream timeouts failed: count a timer's firing; before the
+    /// response's first byte, a first-byte timeout moves the request to its next fallback
+    /// target (the route asked for it; the upstream may have started work). `Some`: `e` is
+    /// decided.
+    fn stream_timed_out(&self, session: &Session, ctx: &mut Ctx, e: &mut Error) -> Option<()> {
+        let kind = stream_timeout(e)?;
+        if let Some(r) = &ctx.route {
+            METRICS
+                .stream_timeouts
+                .with_label_values(&[&*r.name, kind.label()])
+                .inc();
+        }
+        let before_first_byte =
+            session.response_written().is_none() && ctx.upstream_status.is_none();
+        ctx.failure = Some(GatewayError::UpstreamTimeout);
+        let retry = kind == StreamTimeout::FirstByte
+            && before_first_byte
+            && ctx.fallback_triggers().is_some_and(|t| t.timeout)
+            && ctx.fall_back("timeout");
+        if retry {
+            ctx.failure = None;
+        } else if kind == StreamTimeout::Idle {
+            log::warn!(
+                "route {}: upstream stream idle past idle_timeout_ms: ended",
+                ctx.route.as_ref().map_or("", |r| &*r.name)
+            );
+        }
+        // Shown (and answered) as the timeout it is, not as a read error.
+        e.etype = ErrorType::ReadTimedout;
+        e.set_retry(retry);
+        Some(())
+    }
+
     /// Decide to refuse the request with `error` from a phase that can only fail: the
     /// error is kept for `fail_to_proxy`, which answers it.
     fn refuse(&self, ctx: &mut Ctx, error: GatewayError) -> Box<Error> {
@@ -871,6 +1076,14 @@ impl Gateway {
         ctx.failure = Some(error);
         e
     }
+}
+
+/// Why no peer could be had at a target, with the fallback cause label.
+enum Refused {
+    /// The gateway answers this (unless another target is tried).
+    Gateway(GatewayError, &'static str),
+    /// Pingora gets this error (unless another target is tried).
+    Proxy(Box<Error>, &'static str),
 }
 
 /// `OPTIONS` with `Origin` and `Access-Control-Request-Method`.

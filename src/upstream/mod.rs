@@ -3,7 +3,9 @@
 
 pub mod dns;
 pub mod health;
+pub mod limit;
 pub mod outlier;
+pub mod timed;
 
 use crate::config::schema::{Algorithm, BackendSpec, HealthCheckKind, UpstreamSection};
 use futures::FutureExt;
@@ -121,6 +123,8 @@ pub struct UpstreamPool {
     rng: AtomicU64,
     /// `tollgate_upstream_request_duration_seconds{upstream}`, resolved once.
     pub duration: prometheus::Histogram,
+    /// `max_concurrent_requests` with its queue, when set.
+    pub limit: Option<Arc<limit::ConcurrencyLimit>>,
 }
 
 impl UpstreamPool {
@@ -280,6 +284,18 @@ impl UpstreamPool {
                 errors.push(ConfigError::new("health_check.path", "must start with '/'"));
             }
         }
+        if sec.max_concurrent_requests > 0 && sec.queue_size > 0 && sec.queue_timeout_ms == 0 {
+            errors.push(ConfigError::new(
+                "queue_timeout_ms",
+                "must be at least 1 when requests can queue (queue_size > 0)",
+            ));
+        }
+        if sec.max_concurrent_requests == 0 && sec.queue_size > 0 {
+            errors.push(ConfigError::new(
+                "queue_size",
+                "a queue needs max_concurrent_requests",
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -339,6 +355,14 @@ impl UpstreamPool {
             clock: outlier::Clock::new(),
             rng: AtomicU64::new(0),
             duration: crate::metrics::METRICS.upstream_histogram(&sec.name),
+            limit: (sec.max_concurrent_requests > 0).then(|| {
+                Arc::new(limit::ConcurrencyLimit::new(
+                    sec.max_concurrent_requests,
+                    sec.queue_size,
+                    Duration::from_millis(sec.queue_timeout_ms),
+                    &sec.name,
+                ))
+            }),
         })
     }
 
