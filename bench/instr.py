@@ -165,7 +165,7 @@ def send_requests(port, path, headers, n, conc=CONC, timeout=1800):
                     status, body, c.buf, close = r
                     done += 1
                     counts[status] = counts.get(status, 0) + 1
-                    if status == 200 and body.strip() != R.BODY.encode():
+                    if status == 200 and body.strip() != R.expected_body(path).strip().encode():
                         raise ValueError(f"unexpected body {body[:100]!r}")
                     if close:
                         sel.unregister(c.sock)
@@ -328,7 +328,7 @@ def main():
     left = {s.name for s in R.SCENARIOS}
     scenarios = [by_name[n] for n in SCENARIO_NAMES if n in left]
     R.start_authsvc()
-    R.start_nginx("upstream", R.UPSTREAM_HTTP.format(port=up_port, body=R.BODY))
+    R.start_nginx("upstream", R.upstream_http(up_port))
 
     # (group label, how to start it, [(row name, path, headers, expect)])
     groups = []

@@ -63,6 +63,26 @@ FLOOR_BIN = os.path.join(BENCH, "floor", "target", "release", "tollgate-bench-fl
 
 # The body every target answers with (nginx upstream and tollgate's mock route alike).
 BODY = "hello"
+# What the upstream answers on /events: an OpenAI-style stream (two content events, the usage
+# event a client gets with stream_options.include_usage, [DONE]), as text/event-stream.
+SSE_EVENTS = [
+    '{"object":"chat.completion.chunk","model":"bench","choices":[{"index":0,"delta":{"content":"hel"}}]}',
+    '{"object":"chat.completion.chunk","model":"bench","choices":[{"index":0,"delta":{"content":"lo"}}]}',
+    '{"object":"chat.completion.chunk","model":"bench","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}',
+    "[DONE]",
+]
+SSE_BODY = "".join(f"data: {e}\n\n" for e in SSE_EVENTS)
+
+
+def upstream_http(port):
+    """The upstream nginx's server block (nginx strings take \\n and \\" escapes)."""
+    sse = SSE_BODY.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return UPSTREAM_HTTP.format(port=port, body=BODY, sse=sse)
+
+
+def expected_body(path):
+    """The body a target must answer on `path` (the SSE scenarios end in /events)."""
+    return SSE_BODY if path.endswith("/events") else BODY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +149,12 @@ SCENARIOS = [
              headers={"authorization": "Bearer bench-token"}, optional=True),
     # A custom plugin (examples/custom-plugin: an HMAC-SHA256 request signature check), on the
     # custom binary; the signature is made when the bench starts (custom_signature()).
+    # An SSE answer (SSE_BODY from the upstream's /events) through a plain route and through
+    # token_limit (a budget that never runs out, by IP): the cost of parsing the stream for
+    # its usage event and charging it.
+    Scenario("sse", "/sse/events", True),
+    Scenario("sse_tokens", "/sse_tokens/events", True, '{ name = "token_limit", minute = 4000000000, limit_by = "ip" }',
+             expect={"x-ratelimit-limit-tokens": "4000000000"}, optional=True),
     Scenario("hmac", "/hmac/hello", True, '{ name = "hmac_signature", keys = { bench = "bench-hmac-secret-0123456789abcdef" }, max_skew_seconds = 86400 }',
              headers={"x-key-id": "bench", "x-timestamp": "{HMAC_TS}", "x-signature": "{HMAC_SIG}"},
              expect={"x-signature": "verified"}, binary="custom"),
@@ -379,6 +405,10 @@ UPSTREAM_HTTP = """
             # Lets tollgate's cache scenario store the answer; the others ignore it.
             add_header Cache-Control "public, max-age=3600";
             return 200 "{body}";
+        }}
+        location /events {{
+            default_type text/event-stream;
+            return 200 "{sse}";
         }}
     }}
 """
@@ -632,8 +662,8 @@ def answer_problem(t):
         return str(e)
     if status != 200:
         return f"status {status}: {body[:200]!r}"
-    if body.strip() != BODY:
-        sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {BODY!r}")
+    if body.strip() != expected_body(t.path).strip():
+        sys.exit(f"{t.name}: {t.url} answered {body!r}, expected {expected_body(t.path)!r}")
     wrong = [(k, hdrs.get(k), v) for k, v in t.expect.items() if hdrs.get(k) != v]
     return f"response headers {wrong} (got, expected)" if wrong else None
 
@@ -810,7 +840,7 @@ def start_targets():
     start_redis()
     prepare_scenarios()
     start_authsvc()
-    up = start_nginx("upstream", UPSTREAM_HTTP.format(port=up_port, body=BODY))
+    up = start_nginx("upstream", upstream_http(up_port))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
     cache = start_nginx("nginx-cache", CACHE_HTTP.format(tmp=TMP, port=cache_port, upstream=up_port))
     lua = None

@@ -117,7 +117,7 @@ def phase(port, pid, lua, name):
 
 def main():
     up_port, tg_port = b.free_port(), b.free_port()
-    b.start_nginx("upstream", b.UPSTREAM_HTTP.format(port=up_port, body=b.BODY))
+    b.start_nginx("upstream", b.upstream_http(up_port))
     conf = os.path.join(b.TMP, "soak.toml")
     with open(conf, "w") as f:
         f.write(config(tg_port, up_port))
