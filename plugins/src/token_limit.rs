@@ -14,7 +14,7 @@ use crate::rate_limit::{Decision, Window};
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -25,6 +25,10 @@ use std::sync::Arc;
 pub const NAME: &str = "token_limit";
 
 /// The store of `token_limit`.
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 const KIND: StoreKind = StoreKind {
     name: NAME,
     what: "token-limit store",
@@ -377,9 +381,10 @@ impl Plugin for TokenLimit {
         let Some(Decided(d)) = ctx.extensions.get::<Decided>().copied() else {
             return;
         };
-        let _ = resp.insert_header("x-ratelimit-limit-tokens", d.limit);
-        let _ = resp.insert_header("x-ratelimit-remaining-tokens", d.remaining);
-        let _ = resp.insert_header("x-ratelimit-reset-tokens", secs(d.reset_ms));
+        // Names built once (a &str name is parsed on every insert).
+        let _ = resp.insert_header(LIMIT_TOKENS, d.limit);
+        let _ = resp.insert_header(REMAINING_TOKENS, d.remaining);
+        let _ = resp.insert_header(RESET_TOKENS, secs(d.reset_ms));
     }
 
     fn wants_response_body(&self) -> bool {
