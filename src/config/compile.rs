@@ -253,6 +253,17 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
             "use \"-\" for stdout or a file path",
         ));
     }
+    for (i, f) in s.access_log.fields.iter().flatten().enumerate() {
+        if !crate::access_log::FIELDS.contains(&f.as_str()) {
+            errors.push(ConfigError::new(
+                format!("server.access_log.fields[{i}]"),
+                format!(
+                    "unknown field {f:?}; expected one of {}",
+                    crate::access_log::FIELDS.join(", ")
+                ),
+            ));
+        }
+    }
 }
 
 /// Parse each element of an array section on its own, so one bad element does not hide the

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub(super) retries_used: u32,
     /// Tries at a backend so far, whatever ended them.
     pub(super) attempts: u32,
+    /// Retries counted (`tollgate_upstream_retries_total`), for the access log.
+    pub(super) retries: u32,
     /// Backends already tried, kept out of the next pick.
     pub(super) tried: Vec<SocketAddr>,
     pub(super) upstream_start: Option<Instant>,
@@ -100,6 +102,7 @@ impl Ctx {
             upstream_status: None,
             retries_used: 0,
             attempts: 0,
+            retries: 0,
             tried: Vec::new(),
             upstream_start: None,
             upstream_elapsed: None,
@@ -146,7 +149,8 @@ impl Ctx {
     }
 
     /// Count a retry that is about to happen.
-    pub(super) fn count_retry(&self, cause: &'static str) {
+    pub(super) fn count_retry(&mut self, cause: &'static str) {
+        self.retries += 1;
         if let Some(up) = &self.upstream {
             crate::metrics::METRICS
                 .upstream_retries
