@@ -96,6 +96,9 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
         None
     };
     METRICS.config_reloads.with_label_values(&["success"]);
+    if let Some(source) = &snap.source {
+        METRICS.config_loaded(&source.0);
+    }
     let config = Arc::new(ArcSwap::from_pointee(snap));
     let lifecycle = Arc::new(Lifecycle::default());
 

@@ -247,3 +247,168 @@ fn sigusr1_with_stdout_log_is_ignored() {
     line_of(&gw, "stdout-usr1");
     assert!(gw.is_running());
 }
+
+/// The `# TYPE` of metric `name` in `text`.
+fn metric_type(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))
+        .map(str::to_string)
+}
+
+/// Label names of the series of `name`, sorted, `le` left out.
+fn label_names(text: &str, name: &str) -> Vec<String> {
+    let mut names: Vec<String> = metric_series(text, name)
+        .first()
+        .map(|(ls, _)| {
+            ls.iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != "le")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn metrics_reference() {
+    let (a, b) = flaky_pair();
+    let body_of = |extra: &str| config(&a.address(), &b.address(), extra);
+    let gw = Gateway::start(&body_of(""));
+    let key = [("apikey", "alice-key-0123456789")];
+    assert_eq!(gw.request("GET", "/keyed", &key, b"").status, 200);
+    assert_eq!(gw.request("GET", "/keyed", &[], b"").status, 401);
+    let mut sent = 0;
+    for _ in 0..3 {
+        let r = gw.request("POST", "/open", &[], &[b'y'; 1000]);
+        assert_eq!(r.status, 200);
+        sent += r.body.len();
+    }
+    // All five have been through the logging phase once counted.
+    assert_eq!(
+        gw.wait_metric("tollgate_http_requests_total", &[], 5.0),
+        Some(5.0)
+    );
+    let text = gw.metrics();
+
+    let info = metric_series(&text, "tollgate_build_info");
+    assert_eq!(
+        metric_type(&text, "tollgate_build_info").as_deref(),
+        Some("gauge")
+    );
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].1, 1.0);
+    assert_eq!(
+        info[0].0,
+        [("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]
+    );
+
+    // Duration by route, upstream and status class; series only for what happened.
+    let dur = "tollgate_http_request_duration_seconds";
+    assert_eq!(metric_type(&text, dur).as_deref(), Some("histogram"));
+    assert_eq!(
+        label_names(&text, &format!("{dur}_count")),
+        ["route", "status_class", "upstream"]
+    );
+    let count = |labels: &[(&str, &str)]| metric_value(&text, &format!("{dur}_count"), labels);
+    let ok_open = [
+        ("route", "open"),
+        ("upstream", "pair"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(count(&ok_open), Some(3.0), "{text}");
+    assert_eq!(
+        count(&[
+            ("route", "keyed"),
+            ("upstream", "pair"),
+            ("status_class", "2xx")
+        ]),
+        Some(1.0)
+    );
+    // The 401 was answered by key_auth: no upstream.
+    assert_eq!(
+        count(&[
+            ("route", "keyed"),
+            ("upstream", ""),
+            ("status_class", "4xx")
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(count(&[("status_class", "5xx")]), None, "no zero series");
+    assert_eq!(
+        metric_value(&text, "tollgate_http_requests_total", &[("method", "PUT")]),
+        None,
+        "no zero series per route and method"
+    );
+
+    let over = "tollgate_gateway_overhead_seconds";
+    assert_eq!(metric_type(&text, over).as_deref(), Some("histogram"));
+    let over_count = metric_value(&text, &format!("{over}_count"), &[("route", "open")]);
+    assert_eq!(over_count, Some(3.0));
+    let over_sum = metric_value(&text, &format!("{over}_sum"), &[("route", "open")]);
+    let total_sum = metric_value(&text, &format!("{dur}_sum"), &ok_open);
+    assert!(
+        over_sum.zip(total_sum).is_some_and(|(o, t)| o < t),
+        "overhead {over_sum:?} < total {total_sum:?}"
+    );
+
+    for (name, want) in [
+        ("tollgate_http_request_bytes_total", 3000.0),
+        ("tollgate_http_response_bytes_total", sent as f64),
+    ] {
+        assert_eq!(metric_type(&text, name).as_deref(), Some("counter"));
+        assert_eq!(
+            metric_value(&text, name, &[("route", "open")]),
+            Some(want),
+            "{name}"
+        );
+    }
+
+    let inflight = "tollgate_http_requests_in_flight";
+    assert_eq!(metric_type(&text, inflight).as_deref(), Some("gauge"));
+    assert_eq!(gw.wait_metric(inflight, &[], 0.0), Some(0.0));
+
+    for (name, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ] {
+        assert_eq!(metric_type(&text, name).as_deref(), Some(kind), "{name}");
+        let v = metric_value(&text, name, &[]);
+        assert!(v.is_some_and(|v| v > 0.0), "{name} = {v:?}");
+    }
+
+    // The config's time and hash, set at start and on every successful reload.
+    let ts = "tollgate_config_last_reload_timestamp_seconds";
+    assert_eq!(metric_type(&text, ts).as_deref(), Some("gauge"));
+    let t1 = metric_value(&text, ts, &[]).unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    assert!(t1 > now - 120.0 && t1 <= now, "{t1} vs {now}");
+    let hash = |text: &str| {
+        let s = metric_series(text, "tollgate_config_info");
+        assert_eq!(s.len(), 1, "one running config: {s:?}");
+        assert_eq!(s[0].1, 1.0);
+        s[0].0
+            .iter()
+            .find(|(k, _)| k == "hash")
+            .map(|(_, v)| v.clone())
+    };
+    let h1 = hash(&text).unwrap_or_default();
+    assert!(
+        h1.len() == 12 && h1.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{h1}"
+    );
+    gw.rewrite_config(&body_of("# changed\n"));
+    gw.reload();
+    let mut later = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            later = gw.metrics();
+            metric_value(&later, ts, &[]).is_some_and(|t| t > t1)
+        }),
+        "timestamp did not advance:\n{later}"
+    );
+    assert_ne!(hash(&later).unwrap_or_default(), h1, "new config, new hash");
+}

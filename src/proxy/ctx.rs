@@ -36,6 +36,10 @@ pub struct Ctx {
     /// Backends already tried, kept out of the next pick.
     pub(super) tried: Vec<SocketAddr>,
     pub(super) upstream_start: Option<Instant>,
+    /// When the upstream's response body ended (for the gateway overhead metric).
+    pub(super) upstream_end: Option<Instant>,
+    /// Counts the request in `tollgate_http_requests_in_flight` while it lives.
+    pub(super) _in_flight: crate::metrics::InFlight,
     pub(super) upstream_elapsed: Option<Duration>,
     /// Why the gateway refuses, when the decision was made before `fail_to_proxy`.
     pub(super) failure: Option<GatewayError>,
@@ -105,6 +109,8 @@ impl Ctx {
             retries: 0,
             tried: Vec::new(),
             upstream_start: None,
+            upstream_end: None,
+            _in_flight: crate::metrics::InFlight::start(),
             upstream_elapsed: None,
             failure: None,
             error_code: None,

@@ -33,7 +33,7 @@ use crate::config::schema::BodyOverLimit;
 use crate::fallback;
 use crate::framing;
 use crate::lifecycle::Lifecycle;
-use crate::metrics::{method_label, METRICS};
+use crate::metrics::{method_label, Observed, METRICS};
 use crate::origin_date::OriginDate;
 use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
@@ -770,6 +770,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream && ctx.upstream_start.is_some() && ctx.upstream_end.is_none() {
+            ctx.upstream_end = Some(Instant::now());
+        }
         if ctx.response_body_hooks {
             if let Some(route) = &ctx.route {
                 response_body::run(
@@ -854,7 +857,23 @@ impl ProxyHttp for Gateway {
         // The last attempt settles here: in-flight count, passive health, breaker.
         drop(ctx.attempt.take());
         if let Some(r) = &ctx.route {
-            r.duration.observe(elapsed.as_secs_f64());
+            let upstream_time = match (ctx.upstream_start, ctx.upstream_end) {
+                (Some(start), Some(end)) => Some(end.saturating_duration_since(start)),
+                _ => ctx.upstream_elapsed,
+            };
+            r.metrics.observe(&Observed {
+                // Only when the request went upstream (a plugin may answer first).
+                upstream: ctx
+                    .upstream
+                    .as_ref()
+                    .filter(|_| ctx.upstream_start.is_some())
+                    .map(|u| &*u.name),
+                status,
+                total: elapsed,
+                upstream_time,
+                request_bytes: session.body_bytes_read() as u64,
+                response_bytes: session.body_bytes_sent() as u64,
+            });
             for p in plugins(r, &ctx.consumer_chain) {
                 p.log(status, &mut ctx.req);
             }
