@@ -412,3 +412,24 @@ fn metrics_reference() {
     );
     assert_ne!(hash(&later).unwrap_or_default(), h1, "new config, new hash");
 }
+
+#[test]
+fn access_log_protocol_of_http2() {
+    let (a, b) = flaky_pair();
+    let gw = Gateway::start(&config(&a.address(), &b.address(), "h2c = true\n"));
+    let mut h2 = H2Conn::connect(gw.addr).expect("h2c connection");
+    h2.request(
+        &[
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/open"),
+            (b":authority", b"h2.example.com"),
+            (b"x-request-id", b"obs-h2"),
+        ],
+        None,
+        Duration::from_secs(5),
+    );
+    let l = line_of(&gw, "obs-h2");
+    assert_eq!(l["protocol"], "HTTP/2", "{l}");
+    assert_eq!(l["host"], "h2.example.com", "{l}");
+}
