@@ -308,10 +308,11 @@ impl AccessLog {
     }
 }
 
-/// The background service that reopens the access log on `SIGUSR1`.
+/// The background service that reopens the access log on `SIGUSR1`. It runs also without a
+/// log file (stdout, or the log disabled), so the signal never ends the process.
 pub struct Reopener {
-    /// The log to reopen.
-    pub log: AccessLog,
+    /// The log to reopen, if any.
+    pub log: Option<AccessLog>,
 }
 
 #[async_trait::async_trait]
@@ -328,10 +329,13 @@ impl pingora::services::background::BackgroundService for Reopener {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = usr1.recv() => {
-                    log::info!("SIGUSR1: reopening the access log");
-                    self.log.reopen();
-                }
+                Some(()) = usr1.recv() => match &self.log {
+                    Some(log) => {
+                        log::info!("SIGUSR1: reopening the access log");
+                        log.reopen();
+                    }
+                    None => log::info!("SIGUSR1 ignored: no access log"),
+                },
             }
         }
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub process_rss: IntGauge,
     /// `process_open_fds` (read when scraped).
     pub process_fds: IntGauge,
+    /// Held while the process figures are read, so concurrent scrapes count CPU time once.
+    process_lock: std::sync::Mutex<()>,
     /// `tollgate_upstream_request_duration_seconds{upstream}`: until the response header.
     pub upstream_duration: HistogramVec,
     /// `tollgate_upstream_health{upstream,backend}`: 1 healthy, 0 not.
@@ -386,6 +388,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         process_cpu,
         process_rss,
         process_fds,
+        process_lock: std::sync::Mutex::new(()),
         upstream_duration,
         upstream_health,
         config_reloads,
@@ -437,6 +440,7 @@ impl Metrics {
 
     /// Process figures from `/proc/self`, read when scraped.
     fn read_process(&self) {
+        let _one_at_a_time = tollgate_plugins::sync::lock(&self.process_lock);
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the command (which is in parentheses and may hold spaces):
             // state is field 3, utime 14, stime 15.

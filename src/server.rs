@@ -131,12 +131,12 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
         }
     }
 
-    if let Some(log) = &access_log {
-        server.add_service(background_service(
-            "access log reopen",
-            Reopener { log: log.clone() },
-        ));
-    }
+    server.add_service(background_service(
+        "access log reopen",
+        Reopener {
+            log: access_log.clone(),
+        },
+    ));
     let gateway = Gateway::new(config.clone(), access_log, lifecycle.clone());
     let origin_date = gateway.origin_date();
     let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);

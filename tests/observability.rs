@@ -234,8 +234,22 @@ fn access_log_reopens_on_sigusr1() {
 }
 
 #[test]
-fn sigusr1_with_stdout_log_is_ignored() {
+fn sigusr1_without_a_log_file_is_ignored() {
     let (a, b) = flaky_pair();
+    let off = Gateway::start(&config(
+        &a.address(),
+        &b.address(),
+        "[server.access_log]\nenabled = false\n",
+    ));
+    assert!(wait_until(Duration::from_secs(5), || catches_usr1(off.pid)));
+    let ok = Command::new("kill")
+        .args(["-USR1", &off.pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok);
+    off.get("/open");
+    assert!(off.is_running(), "SIGUSR1 with the access log disabled");
+
     let gw = Gateway::start(&config(&a.address(), &b.address(), ""));
     assert!(wait_until(Duration::from_secs(5), || catches_usr1(gw.pid)));
     let ok = Command::new("kill")
