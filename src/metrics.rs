@@ -665,3 +665,45 @@ pub fn method_label(m: &http::Method) -> &'static str {
         _ => "OTHER",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        let label = |s: u16| STATUS_CLASSES[class_index(s)];
+        assert_eq!(
+            [0, 99, 100, 204, 304, 429, 599, 600].map(label),
+            ["other", "other", "1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+        );
+    }
+
+    #[test]
+    fn route_metrics_make_series_on_first_use() {
+        let m = RouteMetrics::new("unit-route", ["unit-up", "unit-up"]);
+        assert_eq!(m.durations.len(), 2, "\"\" and unit-up, once");
+        let count = |up: &str, class: &str| {
+            METRICS
+                .request_duration
+                .get_metric_with_label_values(&["unit-route", up, class])
+                .map(|h| h.get_sample_count())
+                .unwrap_or(0)
+        };
+        m.observe(&Observed {
+            upstream: Some("unit-up"),
+            status: 503,
+            total: Duration::from_millis(3),
+            upstream_time: Some(Duration::from_millis(2)),
+            request_bytes: 10,
+            response_bytes: 20,
+        });
+        assert_eq!(count("unit-up", "5xx"), 1);
+        assert_eq!(m.request_bytes.get(), 10);
+        assert_eq!(m.response_bytes.get(), 20);
+        assert_eq!(m.overhead.get_sample_count(), 1);
+        assert!(m.overhead.get_sample_sum() < 0.0015);
+        let text = String::from_utf8_lossy(&METRICS.render(None)).into_owned();
+        assert!(!text.contains("route=\"unit-route\",status_class=\"2xx\""));
+    }
+}
