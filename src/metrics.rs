@@ -2,10 +2,11 @@
 //! paths or client data, so cardinality stays bounded.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
 use tollgate_plugins::cache::storage::CacheStore;
 
 /// Every metric the gateway exports.
@@ -13,8 +14,30 @@ pub struct Metrics {
     registry: Registry,
     /// `tollgate_http_requests_total{route,method,status}`.
     pub requests: IntCounterVec,
-    /// `tollgate_http_request_duration_seconds{route}`.
+    /// `tollgate_http_request_duration_seconds{route,upstream,status_class}`.
     pub request_duration: HistogramVec,
+    /// `tollgate_gateway_overhead_seconds{route}`: request time minus upstream time.
+    pub overhead: HistogramVec,
+    /// `tollgate_http_request_bytes_total{route}`: request body bytes received.
+    pub request_bytes: IntCounterVec,
+    /// `tollgate_http_response_bytes_total{route}`: response body bytes sent.
+    pub response_bytes: IntCounterVec,
+    /// `tollgate_http_requests_in_flight`: requests started and not yet finished.
+    pub in_flight: IntGauge,
+    /// `tollgate_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+    /// `tollgate_config_last_reload_timestamp_seconds`: when the running config was loaded.
+    pub config_timestamp: Gauge,
+    /// `tollgate_config_info{hash}`: 1 for the running config's hash.
+    pub config_info: IntGaugeVec,
+    /// `process_cpu_seconds_total`: user and system CPU time (read when scraped).
+    pub process_cpu: Counter,
+    /// `process_resident_memory_bytes` (read when scraped).
+    pub process_rss: IntGauge,
+    /// `process_open_fds` (read when scraped).
+    pub process_fds: IntGauge,
+    /// Held while the process figures are read, so concurrent scrapes count CPU time once.
+    process_lock: std::sync::Mutex<()>,
     /// `tollgate_upstream_request_duration_seconds{upstream}`: until the response header.
     pub upstream_duration: HistogramVec,
     /// `tollgate_upstream_health{upstream,backend}`: 1 healthy, 0 not.
@@ -79,6 +102,11 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of the gateway's own time: finer, since it is usually well under a millisecond.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let requests = IntCounterVec::new(
@@ -91,11 +119,61 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let request_duration = HistogramVec::new(
         HistogramOpts::new(
             "tollgate_http_request_duration_seconds",
-            "Time from request start to the end of the response",
+            "Time from request start to the end of the response, by route, upstream and status class",
         )
         .buckets(BUCKETS.to_vec()),
+        &["route", "upstream", "status_class"],
+    )?;
+    let overhead = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_gateway_overhead_seconds",
+            "Time spent in the gateway: request duration minus the upstream's time",
+        )
+        .buckets(OVERHEAD_BUCKETS.to_vec()),
         &["route"],
     )?;
+    let request_bytes = IntCounterVec::new(
+        Opts::new(
+            "tollgate_http_request_bytes_total",
+            "Request body bytes received, by route",
+        ),
+        &["route"],
+    )?;
+    let response_bytes = IntCounterVec::new(
+        Opts::new(
+            "tollgate_http_response_bytes_total",
+            "Response body bytes sent, by route",
+        ),
+        &["route"],
+    )?;
+    let in_flight = IntGauge::new(
+        "tollgate_http_requests_in_flight",
+        "Requests started and not yet finished",
+    )?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("tollgate_build_info", "Always 1; the version is the label"),
+        &["version"],
+    )?;
+    let config_timestamp = Gauge::new(
+        "tollgate_config_last_reload_timestamp_seconds",
+        "Unix time the running config was loaded (start or last successful reload)",
+    )?;
+    let config_info = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_config_info",
+            "Always 1; the hash of the running config's text is the label",
+        ),
+        &["hash"],
+    )?;
+    let process_cpu = Counter::new(
+        "process_cpu_seconds_total",
+        "User and system CPU time spent, in seconds",
+    )?;
+    let process_rss = IntGauge::new(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+    )?;
+    let process_fds = IntGauge::new("process_open_fds", "Open file descriptors")?;
     let upstream_duration = HistogramVec::new(
         HistogramOpts::new(
             "tollgate_upstream_request_duration_seconds",
@@ -252,6 +330,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(request_duration.clone()))?;
+    registry.register(Box::new(overhead.clone()))?;
+    registry.register(Box::new(request_bytes.clone()))?;
+    registry.register(Box::new(response_bytes.clone()))?;
+    registry.register(Box::new(in_flight.clone()))?;
+    registry.register(Box::new(build_info.clone()))?;
+    registry.register(Box::new(config_timestamp.clone()))?;
+    registry.register(Box::new(config_info.clone()))?;
+    registry.register(Box::new(process_cpu.clone()))?;
+    registry.register(Box::new(process_rss.clone()))?;
+    registry.register(Box::new(process_fds.clone()))?;
     registry.register(Box::new(upstream_duration.clone()))?;
     registry.register(Box::new(upstream_health.clone()))?;
     registry.register(Box::new(config_reloads.clone()))?;
@@ -283,10 +371,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
     // Both outcomes show from the start, so a dashboard can alert on failures going up.
     config_reloads.with_label_values(&["success"]);
     config_reloads.with_label_values(&["failure"]);
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     Ok(Metrics {
         registry,
         requests,
         request_duration,
+        overhead,
+        request_bytes,
+        response_bytes,
+        in_flight,
+        build_info,
+        config_timestamp,
+        config_info,
+        process_cpu,
+        process_rss,
+        process_fds,
+        process_lock: std::sync::Mutex::new(()),
         upstream_duration,
         upstream_health,
         config_reloads,
@@ -323,9 +425,52 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| match build() {
 });
 
 impl Metrics {
-    /// The route's duration histogram, resolved once per compiled route.
-    pub fn route_duration(&self, route: &str) -> Histogram {
-        self.request_duration.with_label_values(&[route])
+    /// Record that the config with this text is now running (start, successful reload).
+    pub fn config_loaded(&self, text: &str) {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(text.as_bytes());
+        let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        self.config_info.reset();
+        self.config_info.with_label_values(&[&hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_timestamp.set(now);
+    }
+
+    /// Process figures from `/proc/self`, read when scraped.
+    fn read_process(&self) {
+        let _one_at_a_time = tollgate_plugins::sync::lock(&self.process_lock);
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command (which is in parentheses and may hold spaces):
+            // state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // SAFETY: sysconf only reads a system constant.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            if hz > 0 {
+                let cpu = (ticks(11) + ticks(12)) as f64 / hz as f64;
+                let counted = self.process_cpu.get();
+                if cpu > counted {
+                    self.process_cpu.inc_by(cpu - counted);
+                }
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            // SAFETY: sysconf only reads a system constant.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0);
+            let pages = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            self.process_rss.set(pages * page);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // Less the descriptor reading the directory.
+            self.process_fds.set(fds.count() as i64 - 1);
+        }
     }
 
     /// The upstream's duration histogram, resolved once per compiled route.
@@ -347,6 +492,7 @@ impl Metrics {
                 self.cache_evictions.inc_by(evicted - counted);
             }
         }
+        self.read_process();
         let mut out = Vec::new();
         let mut families = self.registry.gather();
         families.extend(tollgate_plugins::metrics::gather_custom());
@@ -357,29 +503,26 @@ impl Metrics {
     }
 }
 
+/// The standard methods whose 200 counters are kept per route.
+const COUNTED_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+
 /// `tollgate_http_requests_total` handles of one route for the usual answer (200) to each
-/// method label, resolved when the config is compiled so the common case skips the label
-/// lookup (a hash and a lock) on every request.
+/// method label, resolved on first use and then kept, so the common case skips the label
+/// lookup (a hash and a lock) on every request, and no zero series is made for a method a
+/// route never sees.
+#[derive(Default)]
 pub struct RouteCounters {
-    ok: Vec<(&'static str, prometheus::IntCounter)>,
+    ok: [OnceLock<IntCounter>; 7],
 }
 
 impl RouteCounters {
-    /// Handles for `route`.
-    pub fn new(route: &str) -> Self {
-        RouteCounters {
-            ok: ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
-                .into_iter()
-                .map(|m| (m, METRICS.requests.with_label_values(&[route, m, "200"])))
-                .collect(),
-        }
-    }
-
     /// Count one request.
     pub fn count(&self, route: &str, method: &'static str, status: &str) {
         if status == "200" {
-            if let Some((_, c)) = self.ok.iter().find(|(m, _)| *m == method) {
-                c.inc();
+            if let Some(i) = COUNTED_METHODS.iter().position(|m| *m == method) {
+                self.ok[i]
+                    .get_or_init(|| METRICS.requests.with_label_values(&[route, method, "200"]))
+                    .inc();
                 return;
             }
         }
@@ -387,6 +530,123 @@ impl RouteCounters {
             .requests
             .with_label_values(&[route, method, status])
             .inc();
+    }
+}
+
+/// Status class labels, by the first digit of the status; `other` for 0 (the client went away
+/// before an answer) and anything outside 100..=599.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// Duration histograms of one (route, upstream) pair, one per status class, resolved on
+/// first use.
+struct ClassHistograms {
+    upstream: Arc<str>,
+    by_class: [OnceLock<Histogram>; 6],
+}
+
+/// One request's figures, for [`RouteMetrics::observe`].
+pub struct Observed<'a> {
+    /// The upstream that answered (or was tried last), if any.
+    pub upstream: Option<&'a str>,
+    /// Status sent, 0 when none.
+    pub status: u16,
+    /// From the request's start to its end.
+    pub total: Duration,
+    /// Time spent waiting on the upstream (all attempts, to the end of its body).
+    pub upstream_time: Option<Duration>,
+    /// Request body bytes received.
+    pub request_bytes: u64,
+    /// Response body bytes sent.
+    pub response_bytes: u64,
+}
+
+/// The per-route metric handles, made when the config is compiled: the route's own series
+/// (overhead, bytes) directly, the duration histograms per upstream and status class on
+/// first use (no zero series for pairs that never happen).
+pub struct RouteMetrics {
+    route: Arc<str>,
+    /// The upstreams the route may use (its own, split and fallback targets), and the
+    /// no-upstream case (`""`) first.
+    durations: Vec<ClassHistograms>,
+    overhead: Histogram,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Handles for `route`, whose requests may go to `upstreams`.
+    pub fn new<'a>(route: &str, upstreams: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut durations: Vec<ClassHistograms> = Vec::new();
+        for u in std::iter::once("").chain(upstreams) {
+            if !durations.iter().any(|d| &*d.upstream == u) {
+                durations.push(ClassHistograms {
+                    upstream: Arc::from(u),
+                    by_class: Default::default(),
+                });
+            }
+        }
+        RouteMetrics {
+            route: Arc::from(route),
+            durations,
+            overhead: METRICS.overhead.with_label_values(&[route]),
+            request_bytes: METRICS.request_bytes.with_label_values(&[route]),
+            response_bytes: METRICS.response_bytes.with_label_values(&[route]),
+        }
+    }
+
+    /// Record one finished request.
+    pub fn observe(&self, o: &Observed<'_>) {
+        let upstream = o.upstream.unwrap_or("");
+        let class = class_index(o.status);
+        let total = o.total.as_secs_f64();
+        match self.durations.iter().find(|d| &*d.upstream == upstream) {
+            Some(d) => d.by_class[class]
+                .get_or_init(|| {
+                    METRICS.request_duration.with_label_values(&[
+                        &self.route,
+                        upstream,
+                        STATUS_CLASSES[class],
+                    ])
+                })
+                .observe(total),
+            // An upstream the route did not name when compiled: looked up by label.
+            None => METRICS
+                .request_duration
+                .with_label_values(&[&self.route, upstream, STATUS_CLASSES[class]])
+                .observe(total),
+        }
+        let own = o.total.saturating_sub(o.upstream_time.unwrap_or_default());
+        self.overhead.observe(own.as_secs_f64());
+        if o.request_bytes > 0 {
+            self.request_bytes.inc_by(o.request_bytes);
+        }
+        if o.response_bytes > 0 {
+            self.response_bytes.inc_by(o.response_bytes);
+        }
+    }
+}
+
+/// Counts a request in `tollgate_http_requests_in_flight` while it lives.
+pub struct InFlight(());
+
+impl InFlight {
+    /// A request started.
+    pub fn start() -> Self {
+        METRICS.in_flight.inc();
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.in_flight.dec();
     }
 }
 
@@ -403,5 +663,47 @@ pub fn method_label(m: &http::Method) -> &'static str {
         http::Method::CONNECT => "CONNECT",
         http::Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        let label = |s: u16| STATUS_CLASSES[class_index(s)];
+        assert_eq!(
+            [0, 99, 100, 204, 304, 429, 599, 600].map(label),
+            ["other", "other", "1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+        );
+    }
+
+    #[test]
+    fn route_metrics_make_series_on_first_use() {
+        let m = RouteMetrics::new("unit-route", ["unit-up", "unit-up"]);
+        assert_eq!(m.durations.len(), 2, "\"\" and unit-up, once");
+        let count = |up: &str, class: &str| {
+            METRICS
+                .request_duration
+                .get_metric_with_label_values(&["unit-route", up, class])
+                .map(|h| h.get_sample_count())
+                .unwrap_or(0)
+        };
+        m.observe(&Observed {
+            upstream: Some("unit-up"),
+            status: 503,
+            total: Duration::from_millis(3),
+            upstream_time: Some(Duration::from_millis(2)),
+            request_bytes: 10,
+            response_bytes: 20,
+        });
+        assert_eq!(count("unit-up", "5xx"), 1);
+        assert_eq!(m.request_bytes.get(), 10);
+        assert_eq!(m.response_bytes.get(), 20);
+        assert_eq!(m.overhead.get_sample_count(), 1);
+        assert!(m.overhead.get_sample_sum() < 0.0015);
+        let text = String::from_utf8_lossy(&METRICS.render(None)).into_owned();
+        assert!(!text.contains("route=\"unit-route\",status_class=\"2xx\""));
     }
 }

@@ -82,6 +82,9 @@ impl Reloader {
                 self.config.store(snap.clone());
                 self.retained.settle(&snap);
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
+                if let Some(source) = &snap.source {
+                    METRICS.config_loaded(&source.0);
+                }
                 log::info!("config reloaded ({why}): {routes} routes");
             }
             Ok(Err(errors)) => {

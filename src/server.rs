@@ -1,7 +1,7 @@
 //! Process setup: logging, the Pingora server with its proxy, admin and background services.
 //! Reloads are [`crate::reload`]'s, the lifecycle flags [`crate::lifecycle`]'s.
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, FieldSet, Reopener};
 use crate::admin::AdminApp;
 use crate::config;
 use crate::connection::GuardedApp;
@@ -75,7 +75,14 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
     retained.settle(&snap);
     crate::logging::init(&snap.server.live.log_level);
     let access_log = if process.access_log.enabled {
-        match AccessLog::start(&process.access_log.path) {
+        let fields = match &process.access_log.fields {
+            // Validated with the config: every name is known.
+            Some(names) => {
+                FieldSet::from_names(names.iter().map(String::as_str)).unwrap_or(FieldSet::ALL)
+            }
+            None => FieldSet::ALL,
+        };
+        match AccessLog::start(&process.access_log.path, fields) {
             Ok(log) => Some(log),
             Err(e) => {
                 log::error!(
@@ -89,6 +96,9 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
         None
     };
     METRICS.config_reloads.with_label_values(&["success"]);
+    if let Some(source) = &snap.source {
+        METRICS.config_loaded(&source.0);
+    }
     let config = Arc::new(ArcSwap::from_pointee(snap));
     let lifecycle = Arc::new(Lifecycle::default());
 
@@ -121,6 +131,12 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
         }
     }
 
+    server.add_service(background_service(
+        "access log reopen",
+        Reopener {
+            log: access_log.clone(),
+        },
+    ));
     let gateway = Gateway::new(config.clone(), access_log, lifecycle.clone());
     let origin_date = gateway.origin_date();
     let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);

@@ -4,7 +4,6 @@
 use crate::config::schema::ServerConfig;
 use crate::router::{PathMatch, Router};
 use crate::upstream::UpstreamPool;
-use prometheus::Histogram;
 use regex::Regex;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -67,8 +66,8 @@ pub struct Route {
     pub request_id: bool,
     /// Timeout overrides.
     pub timeouts: Timeouts,
-    /// Request duration histogram for this route, resolved at compile time.
-    pub duration: Histogram,
+    /// Duration, overhead and byte metrics of this route, resolved at compile time.
+    pub metrics: crate::metrics::RouteMetrics,
     /// Request counters for this route, resolved at compile time.
     pub counters: crate::metrics::RouteCounters,
     /// Retry policy for answered or timed-out attempts.

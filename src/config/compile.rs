@@ -3,7 +3,6 @@
 use super::consumer_plugins::ConsumerPlugins;
 use super::plugin_list::{build_globals, plugin_entries};
 use super::schema::{ConsumerGroupSection, RouteSection, ServerSection, UpstreamSection};
-use crate::metrics::METRICS;
 use crate::retained::Retained;
 use crate::router::Router;
 use crate::snapshot::{PathRewrite, RetryPolicy, Route, Snapshot, StreamTimeouts, Timeouts};
@@ -252,6 +251,17 @@ fn check_server(s: &ServerSection, errors: &mut Vec<ConfigError>) {
             "server.access_log.path",
             "use \"-\" for stdout or a file path",
         ));
+    }
+    for (i, f) in s.access_log.fields.iter().flatten().enumerate() {
+        if !crate::access_log::FIELDS.contains(&f.as_str()) {
+            errors.push(ConfigError::new(
+                format!("server.access_log.fields[{i}]"),
+                format!(
+                    "unknown field {f:?}; expected one of {}",
+                    crate::access_log::FIELDS.join(", ")
+                ),
+            ));
+        }
     }
 }
 
@@ -505,8 +515,19 @@ fn compile_route(
             read: ms(r.read_timeout_ms),
             write: ms(r.write_timeout_ms),
         },
-        duration: METRICS.route_duration(&r.name),
-        counters: crate::metrics::RouteCounters::new(&r.name),
+        metrics: crate::metrics::RouteMetrics::new(
+            &r.name,
+            r.upstream
+                .iter()
+                .chain(r.fallback.iter().map(|f| &f.upstream))
+                .chain(
+                    r.split
+                        .iter()
+                        .flat_map(|s| s.targets.iter().map(|t| &t.upstream)),
+                )
+                .map(String::as_str),
+        ),
+        counters: crate::metrics::RouteCounters::default(),
         body_hooks: every_chain().flatten().any(|p| p.wants_request_body())
             || r.request_body
                 .is_some_and(|b| b.min_rate_bytes_per_second > 0),

@@ -342,6 +342,9 @@ pub struct AccessLogSection {
     /// Where: `-` for standard output, otherwise a file path (appended to).
     #[serde(default = "default_access_log_path")]
     pub path: String,
+    /// The fields each line has (names from [`crate::access_log::FIELDS`]); all when unset.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 impl Default for AccessLogSection {
@@ -349,6 +352,7 @@ impl Default for AccessLogSection {
         AccessLogSection {
             enabled: true,
             path: default_access_log_path(),
+            fields: None,
         }
     }
 }

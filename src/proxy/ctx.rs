@@ -31,9 +31,15 @@ pub struct Ctx {
     pub(super) retries_used: u32,
     /// Tries at a backend so far, whatever ended them.
     pub(super) attempts: u32,
+    /// Retries counted (`tollgate_upstream_retries_total`), for the access log.
+    pub(super) retries: u32,
     /// Backends already tried, kept out of the next pick.
     pub(super) tried: Vec<SocketAddr>,
     pub(super) upstream_start: Option<Instant>,
+    /// When the upstream's response body ended (for the gateway overhead metric).
+    pub(super) upstream_end: Option<Instant>,
+    /// Counts the request in `tollgate_http_requests_in_flight` while it lives.
+    pub(super) _in_flight: crate::metrics::InFlight,
     pub(super) upstream_elapsed: Option<Duration>,
     /// Why the gateway refuses, when the decision was made before `fail_to_proxy`.
     pub(super) failure: Option<GatewayError>,
@@ -100,8 +106,11 @@ impl Ctx {
             upstream_status: None,
             retries_used: 0,
             attempts: 0,
+            retries: 0,
             tried: Vec::new(),
             upstream_start: None,
+            upstream_end: None,
+            _in_flight: crate::metrics::InFlight::start(),
             upstream_elapsed: None,
             failure: None,
             error_code: None,
@@ -146,7 +155,8 @@ impl Ctx {
     }
 
     /// Count a retry that is about to happen.
-    pub(super) fn count_retry(&self, cause: &'static str) {
+    pub(super) fn count_retry(&mut self, cause: &'static str) {
+        self.retries += 1;
         if let Some(up) = &self.upstream {
             crate::metrics::METRICS
                 .upstream_retries

@@ -33,7 +33,7 @@ use crate::config::schema::BodyOverLimit;
 use crate::fallback;
 use crate::framing;
 use crate::lifecycle::Lifecycle;
-use crate::metrics::{method_label, METRICS};
+use crate::metrics::{method_label, Observed, METRICS};
 use crate::origin_date::OriginDate;
 use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
@@ -770,6 +770,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream && ctx.upstream_start.is_some() && ctx.upstream_end.is_none() {
+            ctx.upstream_end = Some(Instant::now());
+        }
         if ctx.response_body_hooks {
             if let Some(route) = &ctx.route {
                 response_body::run(
@@ -854,7 +857,23 @@ impl ProxyHttp for Gateway {
         // The last attempt settles here: in-flight count, passive health, breaker.
         drop(ctx.attempt.take());
         if let Some(r) = &ctx.route {
-            r.duration.observe(elapsed.as_secs_f64());
+            let upstream_time = match (ctx.upstream_start, ctx.upstream_end) {
+                (Some(start), Some(end)) => Some(end.saturating_duration_since(start)),
+                _ => ctx.upstream_elapsed,
+            };
+            r.metrics.observe(&Observed {
+                // Only when the request went upstream (a plugin may answer first).
+                upstream: ctx
+                    .upstream
+                    .as_ref()
+                    .filter(|_| ctx.upstream_start.is_some())
+                    .map(|u| &*u.name),
+                status,
+                total: elapsed,
+                upstream_time,
+                request_bytes: session.body_bytes_read() as u64,
+                response_bytes: session.body_bytes_sent() as u64,
+            });
             for p in plugins(r, &ctx.consumer_chain) {
                 p.log(status, &mut ctx.req);
             }
@@ -868,20 +887,48 @@ impl ProxyHttp for Gateway {
                 .map(|t| t.to_string())
                 .unwrap_or_default();
             let usage = ctx.req.extensions.get::<tollgate_plugins::ai::Usage>();
+            let header = |name: http::header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+            };
+            let trace_id = req
+                .headers
+                .get("traceparent")
+                .and_then(|v| crate::access_log::trace_id(v.as_bytes()));
             log.write(&AccessRecord {
                 time,
                 request_id: ctx.req.request_id.as_str(),
                 client_ip: ctx.req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 method: req.method.as_str(),
+                host: request_host(req),
                 path: req.uri.path(),
+                protocol: match req.version {
+                    http::Version::HTTP_09 => "HTTP/0.9",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    http::Version::HTTP_2 => "HTTP/2",
+                    http::Version::HTTP_3 => "HTTP/3",
+                    _ => "HTTP/1.1",
+                },
+                user_agent: header(http::header::USER_AGENT),
                 route: ctx.route.as_ref().map_or("", |r| &*r.name),
+                consumer: ctx
+                    .req
+                    .identity
+                    .as_ref()
+                    .map_or("", |i| i.consumer.username.as_str()),
                 upstream: ctx.upstream.as_ref().map_or("", |u| &*u.name),
                 backend: backend.unwrap_or_default(),
                 status,
+                upstream_status: ctx.upstream_status,
+                retries: ctx.retries,
+                request_bytes: session.body_bytes_read(),
                 bytes_sent: session.body_bytes_sent(),
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
                 error: ctx.error_code,
+                trace_id,
                 model: usage.and_then(|u| u.model.as_deref()),
                 prompt_tokens: usage.map(|u| u.prompt_tokens),
                 completion_tokens: usage.map(|u| u.completion_tokens),
