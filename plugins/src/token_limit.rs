@@ -10,7 +10,7 @@ use crate::metrics::METRICS;
 use crate::rate_limit::store::{
     Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec,
 };
-use crate::rate_limit::{Decision, Window};
+use crate::rate_limit::{counter_scope, Decision, Window};
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,7 +18,6 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// Registered name.
@@ -183,19 +182,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         },
         &mut errors,
     );
-    // Counter identity: where the plugin is configured, what it counts by, the windows.
-    let mut h = Sha256::new();
-    h.update(ctx.scope.as_bytes());
-    h.update([0]);
-    h.update(key.spec.as_bytes());
-    for w in &windows {
-        h.update(w.ms.to_le_bytes());
-        h.update(w.max.to_le_bytes());
-    }
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    let scope = u64::from_le_bytes(first);
+    let scope = counter_scope(&ctx.scope, &key.spec, &windows);
     let store = Store::build(
         &KIND,
         &StoreSpec {

@@ -13,10 +13,9 @@ use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use store::{Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec};
-pub use window::{Decision, Window};
+pub use window::{counter_scope, Decision, Window};
 
 /// Registered name.
 pub const NAME: &str = "rate_limit";
@@ -106,20 +105,7 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             "set at least one of second, minute, hour, day",
         ));
     }
-    // Counter identity: where the plugin is configured and what it counts. The same
-    // definition after a reload (or on another instance) finds the same counters.
-    let mut h = Sha256::new();
-    h.update(ctx.scope.as_bytes());
-    h.update([0]);
-    h.update(key.spec.as_bytes());
-    for w in &windows {
-        h.update(w.ms.to_le_bytes());
-        h.update(w.max.to_le_bytes());
-    }
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    let scope = u64::from_le_bytes(first);
+    let scope = counter_scope(&ctx.scope, &key.spec, &windows);
     let store = Store::build(
         &KIND,
         &StoreSpec {

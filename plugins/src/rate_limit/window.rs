@@ -12,6 +12,25 @@ pub struct Window {
     pub max: u64,
 }
 
+/// The identity of a limit's counters: where it is configured (`scope`), what it counts by
+/// (`key_spec`) and its windows. The same definition after a reload (or on another instance)
+/// gets the same number, so it finds the same counters; a changed one starts fresh.
+pub fn counter_scope(scope: &str, key_spec: &str, windows: &[Window]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(scope.as_bytes());
+    h.update([0]);
+    h.update(key_spec.as_bytes());
+    for w in windows {
+        h.update(w.ms.to_le_bytes());
+        h.update(w.max.to_le_bytes());
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// The outcome of one check, with what the headers report (the tightest window).
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
