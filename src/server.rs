@@ -73,7 +73,7 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
         check_bindable(&addrs)?;
     }
     retained.settle(&snap);
-    crate::logging::init(&snap.server.live.log_level);
+    crate::logging::init(&snap.server.live.log_level, process.log_format);
     let access_log = if process.access_log.enabled {
         let fields = match &process.access_log.fields {
             // Validated with the config: every name is known.

@@ -447,3 +447,30 @@ fn access_log_protocol_of_http2() {
     assert_eq!(l["protocol"], "HTTP/2", "{l}");
     assert_eq!(l["host"], "h2.example.com", "{l}");
 }
+
+#[test]
+fn the_process_log_can_be_json_lines() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&format!(
+        "log_format = \"json\"\n\n[[upstreams]]\nname = \"echo\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npaths = [\"/\"]\nupstream = \"echo\"\n",
+        up.address()
+    ));
+    assert_eq!(gw.get("/x?apikey=secret-in-query").status, 200);
+    // A line from tollgate and lines from Pingora, each one JSON object.
+    let err = gw.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{err}");
+    for l in &lines {
+        let v: Json = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        for k in ["ts", "level", "target", "message"] {
+            assert!(v.get(k).is_some(), "{k} missing in {l}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"target\":\"tollgate::server\"") && l.contains("ready")),
+        "{err}"
+    );
+    assert!(!err.contains("secret-in-query"), "{err}");
+}

@@ -5,6 +5,17 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// The process log's line format (`[server] log_format`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `env_logger`'s text lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `message`.
+    Json,
+}
+
 /// `[server]` as written: process-wide settings. Compiled into a [`ServerConfig`], which
 /// sorts them into those a reload applies and those that need a restart.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -25,6 +36,9 @@ pub struct ServerSection {
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// How the process log (standard error) is written: `text` or `json` (one object a line).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Seconds to keep serving after SIGTERM before draining starts (lets a load balancer notice).
     #[serde(default)]
     pub shutdown_grace_period_seconds: u64,
@@ -190,6 +204,8 @@ pub struct ProcessSettings {
     pub threads: usize,
     /// `work_stealing`.
     pub work_stealing: bool,
+    /// `log_format` (the logger is set up once, at start).
+    pub log_format: LogFormat,
     /// `keepalive_requests`.
     pub keepalive_requests: u32,
     /// `h2_idle_timeout_seconds`.
@@ -245,6 +261,7 @@ impl From<ServerSection> for ServerConfig {
             threads,
             work_stealing,
             log_level,
+            log_format,
             shutdown_grace_period_seconds,
             shutdown_timeout_seconds,
             tls,
@@ -275,6 +292,7 @@ impl From<ServerSection> for ServerConfig {
                 h2c,
                 threads,
                 work_stealing,
+                log_format,
                 keepalive_requests,
                 h2_idle_timeout_seconds,
                 upstream_keepalive_pool_size,
@@ -365,6 +383,7 @@ impl Default for ServerSection {
             threads: 0,
             work_stealing: true,
             log_level: default_log_level(),
+            log_format: LogFormat::Text,
             shutdown_grace_period_seconds: 0,
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upstream_keepalive_pool_size: default_pool(),
