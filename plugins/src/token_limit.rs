@@ -10,7 +10,7 @@ use crate::metrics::METRICS;
 use crate::rate_limit::store::{
     Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec,
 };
-use crate::rate_limit::{counter_scope, Decision, Window};
+use crate::rate_limit::{counter_scope, windows, Decision, Window};
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -117,31 +117,12 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     let cfg: TokenLimitConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let key = LimitKey::compile(&cfg.limit_by, "limit_by").map_err(|e| vec![e])?;
-    let mut windows = Vec::new();
-    for (name, ms, v) in [
-        ("second", 1_000, cfg.second),
-        ("minute", 60_000, cfg.minute),
-        ("hour", 3_600_000, cfg.hour),
-        ("day", 86_400_000, cfg.day),
-    ] {
-        match v {
-            Some(0) => errors.push(ConfigError::new(
-                name,
-                "must be at least 1 (remove it for no limit)",
-            )),
-            Some(max) if max > u64::from(u32::MAX) => {
-                errors.push(ConfigError::new(name, "must be at most 4294967295"))
-            }
-            Some(max) => windows.push(Window { ms, max }),
-            None => {}
-        }
-    }
-    if windows.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::new(
-            "",
-            "set at least one of second, minute, hour, day",
-        ));
-    }
+    let windows = windows(
+        [cfg.second, cfg.minute, cfg.hour, cfg.day],
+        // The local counters are 32-bit.
+        u64::from(u32::MAX),
+        &mut errors,
+    );
     let estimate = match &cfg.estimate {
         None => Estimate::None,
         Some(EstimateSpec::Fixed(0)) => Estimate::None,

@@ -15,7 +15,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::sync::Arc;
 use store::{Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec};
-pub use window::{counter_scope, Decision, Window};
+pub use window::{counter_scope, windows, Decision, Window};
 
 /// Registered name.
 pub const NAME: &str = "rate_limit";
@@ -83,28 +83,11 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
     let cfg: RateLimitConfig = parse_config_all(value)?;
     let mut errors = Vec::new();
     let key = LimitKey::compile(&cfg.limit_by, "limit_by").map_err(|e| vec![e])?;
-    let mut windows = Vec::new();
-    for (name, ms, v) in [
-        ("second", 1_000, cfg.second),
-        ("minute", 60_000, cfg.minute),
-        ("hour", 3_600_000, cfg.hour),
-        ("day", 86_400_000, cfg.day),
-    ] {
-        match v {
-            Some(0) => errors.push(ConfigError::new(
-                name,
-                "must be at least 1 (remove it for no limit)",
-            )),
-            Some(max) => windows.push(Window { ms, max }),
-            None => {}
-        }
-    }
-    if windows.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::new(
-            "",
-            "set at least one of second, minute, hour, day",
-        ));
-    }
+    let windows = windows(
+        [cfg.second, cfg.minute, cfg.hour, cfg.day],
+        u64::MAX,
+        &mut errors,
+    );
     let scope = counter_scope(&ctx.scope, &key.spec, &windows);
     let store = Store::build(
         &KIND,

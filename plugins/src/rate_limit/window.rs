@@ -12,6 +12,42 @@ pub struct Window {
     pub max: u64,
 }
 
+/// The windows of a limit's `second`/`minute`/`hour`/`day` keys (at least one, each from 1 to
+/// `max`); errors carry the key's name.
+pub fn windows(
+    [second, minute, hour, day]: [Option<u64>; 4],
+    max: u64,
+    errors: &mut Vec<crate::ConfigError>,
+) -> Vec<Window> {
+    use crate::ConfigError;
+    let mut out = Vec::new();
+    for (name, ms, v) in [
+        ("second", 1_000, second),
+        ("minute", 60_000, minute),
+        ("hour", 3_600_000, hour),
+        ("day", 86_400_000, day),
+    ] {
+        match v {
+            Some(0) => errors.push(ConfigError::new(
+                name,
+                "must be at least 1 (remove it for no limit)",
+            )),
+            Some(n) if n > max => {
+                errors.push(ConfigError::new(name, format!("must be at most {max}")))
+            }
+            Some(n) => out.push(Window { ms, max: n }),
+            None => {}
+        }
+    }
+    if out.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::new(
+            "",
+            "set at least one of second, minute, hour, day",
+        ));
+    }
+    out
+}
+
 /// The identity of a limit's counters: where it is configured (`scope`), what it counts by
 /// (`key_spec`) and its windows. The same definition after a reload (or on another instance)
 /// gets the same number, so it finds the same counters; a changed one starts fresh.
