@@ -474,3 +474,76 @@ fn the_process_log_can_be_json_lines() {
     );
     assert!(!err.contains("secret-in-query"), "{err}");
 }
+
+/// Every metric `deploy/grafana/tollgate.json` queries is documented in docs/operations.md,
+/// and the core ones are on a running gateway's `/metrics` with the labels the panels use.
+#[test]
+fn the_grafana_dashboard_queries_real_metrics() {
+    let dashboard: Json =
+        serde_json::from_str(include_str!("../deploy/grafana/tollgate.json")).expect("valid JSON");
+    let docs = include_str!("../docs/operations.md");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("tollgate_").or_else(|| rest.find("process_")) {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum")
+                .to_string();
+            names.insert(base);
+        }
+    }
+    for n in &names {
+        assert!(
+            docs.contains(&format!("`{n}`")),
+            "{n} is not in docs/operations.md"
+        );
+    }
+    // A gateway that served a request exposes the panels' core series.
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nname = \"echo\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npaths = [\"/\"]\nupstream = \"echo\"\n",
+        up.address()
+    ));
+    assert_eq!(gw.get("/x").status, 200);
+    let text = gw.metrics();
+    for n in [
+        "tollgate_http_requests_total",
+        "tollgate_http_request_duration_seconds_bucket",
+        "tollgate_gateway_overhead_seconds_bucket",
+        "tollgate_upstream_request_duration_seconds_bucket",
+        "tollgate_http_requests_in_flight",
+        "tollgate_downstream_connections",
+        "tollgate_config_last_reload_timestamp_seconds",
+        "tollgate_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(n)),
+            "{n} missing from /metrics:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("tollgate_http_request_duration_seconds_bucket{")
+                && l.contains("route=\"r\"")
+                && l.contains("le=")
+        ),
+        "{text}"
+    );
+}
