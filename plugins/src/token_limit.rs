@@ -10,7 +10,7 @@ use crate::metrics::METRICS;
 use crate::rate_limit::store::{
     Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec,
 };
-use crate::rate_limit::{counter_scope, windows, Decision, Window};
+use crate::rate_limit::{windows, Decision, Window};
 use crate::{parse_config_all, Answer, BuildCtx, ConfigError, Flow, Phase, Plugin, RequestCtx};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -163,7 +163,6 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         },
         &mut errors,
     );
-    let scope = counter_scope(&ctx.scope, &key.spec, &windows);
     let store = Store::build(
         &KIND,
         &StoreSpec {
@@ -171,8 +170,9 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             redis: cfg.redis.as_ref(),
             on_store_error: cfg.on_store_error,
             max_keys: cfg.max_keys,
+            key_spec: &key.spec,
+            windows: &windows,
         },
-        scope,
         &METRICS.token_limit_store_errors,
         ctx,
         &mut errors,

@@ -15,7 +15,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::sync::Arc;
 use store::{Hit, OnStoreError, Policy, RedisConfig, Store, StoreKind, StoreSpec};
-pub use window::{counter_scope, windows, Decision, Window};
+pub use window::{windows, Decision, Window};
 
 /// Registered name.
 pub const NAME: &str = "rate_limit";
@@ -88,7 +88,6 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
         u64::MAX,
         &mut errors,
     );
-    let scope = counter_scope(&ctx.scope, &key.spec, &windows);
     let store = Store::build(
         &KIND,
         &StoreSpec {
@@ -96,8 +95,9 @@ pub fn build(value: &toml::Value, ctx: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec
             redis: cfg.redis.as_ref(),
             on_store_error: cfg.on_store_error,
             max_keys: cfg.max_keys,
+            key_spec: &key.spec,
+            windows: &windows,
         },
-        scope,
         &METRICS.ratelimit_store_errors,
         ctx,
         &mut errors,

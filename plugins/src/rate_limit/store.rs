@@ -6,7 +6,7 @@
 
 use super::local::LocalCounters;
 use super::redis_store::RedisStore;
-use super::window::{Decision, Window};
+use super::window::{counter_scope, Decision, Window};
 use crate::{BuildCtx, ConfigError};
 use prometheus::IntCounterVec;
 use serde::Deserialize;
@@ -86,6 +86,10 @@ pub struct StoreSpec<'a> {
     pub on_store_error: OnStoreError,
     /// `max_keys`.
     pub max_keys: usize,
+    /// What the limit counts by (the compiled `limit_by`'s spec).
+    pub key_spec: &'a str,
+    /// The limit's windows.
+    pub windows: &'a [Window],
 }
 
 /// What a check found.
@@ -110,17 +114,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store of a limit definition of `kind`; `scope` is the hash of the definition
-    /// (where it is configured and what it counts), `errors_metric` the store-error counter.
-    /// Problems are pushed to `errors` (paths relative to the plugin's table).
+    /// The store of a limit definition of `kind`, found again after a reload (or on another
+    /// instance) while the definition (`ctx.scope`, `spec.key_spec`, `spec.windows`: see
+    /// [`counter_scope`]) is unchanged; `errors_metric` the store-error counter. Problems are
+    /// pushed to `errors` (paths relative to the plugin's table).
     pub fn build(
         kind: &StoreKind,
         spec: &StoreSpec<'_>,
-        scope: u64,
         errors_metric: &IntCounterVec,
         ctx: &BuildCtx,
         errors: &mut Vec<ConfigError>,
     ) -> Option<Store> {
+        let scope = counter_scope(&ctx.scope, spec.key_spec, spec.windows);
         if spec.max_keys == 0 {
             errors.push(ConfigError::new("max_keys", "must be at least 1"));
         }
