@@ -7,8 +7,6 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -391,30 +389,10 @@ fn two_gateways_share_one_budget_in_redis() {
 
 /// Send `n` requests at once; count 200s and 429s.
 fn burst(addr: SocketAddr, path: &str, body: &[u8], n: usize) -> (usize, usize, usize) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let limited = Arc::new(AtomicUsize::new(0));
-    let other = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (ok, limited, other) = (ok.clone(), limited.clone(), other.clone());
-            let (path, body) = (path.to_string(), body.to_vec());
-            thread::spawn(move || {
-                match request(addr, "POST", &path, &[JSON], &body).status {
-                    200 => ok.fetch_add(1, Ordering::SeqCst),
-                    429 => limited.fetch_add(1, Ordering::SeqCst),
-                    _ => other.fetch_add(1, Ordering::SeqCst),
-                };
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    (
-        ok.load(Ordering::SeqCst),
-        limited.load(Ordering::SeqCst),
-        other.load(Ordering::SeqCst),
-    )
+    let (path, body) = (path.to_string(), body.to_vec());
+    burst_of(n, n, move || {
+        request(addr, "POST", &path, &[JSON], &body).status
+    })
 }
 
 #[test]

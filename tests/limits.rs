@@ -5,8 +5,6 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,47 +27,18 @@ fn burst(
     total: usize,
     headers: &[(&str, &str)],
 ) -> (usize, usize, usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let limited = Arc::new(AtomicUsize::new(0));
-    let other = Arc::new(AtomicUsize::new(0));
+    let path = path.to_string();
     let headers: Vec<(String, String)> = headers
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (next, ok, limited, other, path, headers) = (
-                next.clone(),
-                ok.clone(),
-                limited.clone(),
-                other.clone(),
-                path.to_string(),
-                headers.clone(),
-            );
-            thread::spawn(move || {
-                let h: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(a, b)| (a.as_str(), b.as_str()))
-                    .collect();
-                while next.fetch_add(1, Ordering::SeqCst) < total {
-                    match request(addr, "GET", &path, &h, b"").status {
-                        200 => ok.fetch_add(1, Ordering::SeqCst),
-                        429 => limited.fetch_add(1, Ordering::SeqCst),
-                        _ => other.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    (
-        ok.load(Ordering::SeqCst),
-        limited.load(Ordering::SeqCst),
-        other.load(Ordering::SeqCst),
-    )
+    burst_of(clients, total, move || {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        request(addr, "GET", &path, &h, b"").status
+    })
 }
 
 #[test]

@@ -344,3 +344,44 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 pub fn raw_half_close(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     raw_exchange(addr, bytes, true)
 }
+
+/// Send `total` requests from `clients` threads started at once (each thread sends, one after
+/// another, until `total` were started), `send` making one and returning its status; the
+/// counts of 200, 429 and anything else.
+pub fn burst_of(
+    clients: usize,
+    total: usize,
+    send: impl Fn() -> u16 + Send + Sync + 'static,
+) -> (usize, usize, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let send = Arc::new(send);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, counts, send) = (next.clone(), counts.clone(), send.clone());
+            thread::spawn(move || {
+                while next.fetch_add(1, Ordering::SeqCst) < total {
+                    let slot = match send() {
+                        200 => 0,
+                        429 => 1,
+                        _ => 2,
+                    };
+                    counts[slot].fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let [ok, limited, other] = &*counts;
+    (
+        ok.load(Ordering::SeqCst),
+        limited.load(Ordering::SeqCst),
+        other.load(Ordering::SeqCst),
+    )
+}
