@@ -519,6 +519,11 @@ fn the_grafana_dashboard_queries_real_metrics() {
         up.address()
     ));
     assert_eq!(gw.get("/x").status, 200);
+    // The logging phase records the request after the response is sent.
+    assert_eq!(
+        gw.wait_metric("tollgate_http_requests_total", &[], 1.0),
+        Some(1.0)
+    );
     let text = gw.metrics();
     for n in [
         "tollgate_http_requests_total",
