@@ -31,7 +31,9 @@ Environment:
   CONC             client connections (default 4)
   REPEAT           measured phases per scenario (default 2); the table gives their mean and
                    the largest deviation from it
-  SCENARIOS        tollgate scenarios (names in run.py's SCENARIOS), default proxy,fullchain;
+  SCENARIOS        tollgate scenarios (names in run.py's SCENARIOS), default proxy,fullchain
+                   (the tracing ones, trace0/trace001/trace1, each on a tollgate process of its
+                   own, their export counted by bench/otlp_sink.py);
                    those needing Redis (redislimit, cachehit_redis) are skipped, with a message,
                    when redis-server is not installed
   TARGETS          only targets whose name contains one of these comma-separated words
@@ -223,10 +225,15 @@ def measure(pid, slug, scenario_label, target):
         R.probe(target, f"before phase {i + 1}")
         before = set(glob.glob(os.path.join(CG_DIR, f"{slug}.{pid}*")))
         redis0 = R.redis_stats() if target.redis_hits else None
+        # tracing: the probe's and warm-up's spans are exported before the counters are zeroed,
+        # and the phase's own spans before the dump, so a phase holds its own export only
+        # (the waits, idle time, are inside the phase: see the report)
+        sink0 = R.sink_settle(target.sink) if target.sink else None
         control(pid, "-z")
         t0 = time.time()
         counts = send_requests(port, path, headers, REQUESTS)
         elapsed = time.time() - t0
+        sink1 = R.sink_settle(target.sink) if target.sink else None
         control(pid, f"--dump={scenario_label} phase {i + 1}")
         if set(counts) != {200}:
             sys.exit(f"{scenario_label}: answers {counts}")
@@ -239,6 +246,14 @@ def measure(pid, slug, scenario_label, target):
             REDIS_PHASES.setdefault(scenario_label, []).append((cmds, cpu_us))
             log(f"  {scenario_label}: phase {i + 1}: {cmds:.4f} Redis scripts/request, all hits; "
                 f"Redis CPU {cpu_us:.1f} us/request (not under callgrind)")
+        if sink0 is not None:
+            d = R.sink_delta(sink0, sink1)
+            problem = R.sink_problem(target.sample_ratio, d, REQUESTS, 0)
+            if problem:
+                sys.exit(f"{scenario_label}: phase {i + 1}: OTLP sink check failed: {problem}")
+            SINK_PHASES.setdefault(scenario_label, []).append(d)
+            log(f"  {scenario_label}: phase {i + 1}: the OTLP sink got {d['spans']} spans ({d['spans'] / REQUESTS:.4f} "
+                f"per request) in {d['requests']} export requests, {d['bytes']:,} bytes")
         new = sorted(set(glob.glob(os.path.join(CG_DIR, f"{slug}.{pid}*"))) - before, key=os.path.getmtime)
         if len(new) != 1:
             sys.exit(f"{scenario_label}: expected one new dump, got {new}")
@@ -328,6 +343,7 @@ def main():
     left = {s.name for s in R.SCENARIOS}
     scenarios = [by_name[n] for n in SCENARIO_NAMES if n in left]
     R.start_authsvc()
+    R.start_otlp_sink({s.name for s in scenarios if s.tracing})
     R.start_nginx("upstream", R.upstream_http(up_port))
 
     # (group label, how to start it, [(row name, path, headers, expect)])
@@ -356,9 +372,12 @@ def main():
         def start(port):
             cfg = os.path.join(tmp, f"{tag}.toml")
             # scenarios this build rejects (R.write_tollgate_config) are not measured on it
-            left_out[f"{label} "] = R.write_tollgate_config(cfg, port, up_port, binary, tag, kind)
+            skip = R.write_tollgate_config(cfg, port, up_port, binary, tag, kind, required=not kind.startswith("trace:"))
+            if skip is None:  # a build without [tracing]: the tracing scenario is left out
+                return None
+            left_out[f"{label} "] = skip
             return R.start(tag, valgrind_prefix(tag) + [binary, "run", "-c", cfg])
-        served = {s.name for s in R.scenarios_of(kind)}
+        served = {s.name for s in R.measured_by(kind)}
         rows = [(f"{label} {s.path}", s.path, s.headers, s.expect, s) for s in scenarios if s.name in served]
         if rows and (kind != "custom" or any(s.binary for s in scenarios)):
             groups.append((label, tag, start, rows, False))
@@ -370,6 +389,10 @@ def main():
         tollgate_group(R.BASELINE_BIN, f"tollgate@{R.BASELINE_REV}", "tollgate-base")
     if R.CUSTOM_BIN:
         tollgate_group(R.CUSTOM_BIN, R.CUSTOM_LABEL, "tollgate-custom", "custom")
+    # the tracing scenarios: a process each (the main config plus [tracing]), main binary only
+    for s in scenarios:
+        if s.tracing:
+            tollgate_group(R.TOLLGATE_BIN, "tollgate", f"tollgate-{s.name}", f"trace:{s.name}")
 
     results = {}  # row name -> [Ir/request per phase]
     for gname, slug, start_fn, rows, is_nginx in groups:
@@ -379,10 +402,13 @@ def main():
         port = R.free_port()
         log(f"{gname}: starting under callgrind")
         p = start_fn(port)
+        if p is None:
+            continue
         try:
             skip = set().union(*(v for k, v in left_out.items() if rows[0][0].startswith(k)))
             rows = [r for r in rows if not (r[4] and r[4].name in skip)]
-            targets = [R.Target(name, port, path, p, [], headers, expect, redis_hits=bool(s and s.redis_hits))
+            targets = [R.Target(name, port, path, p, [], headers, expect, redis_hits=bool(s and s.redis_hits),
+                                sink=s.name if s and s.tracing else "", sample_ratio=s.sample_ratio if s else None)
                        for name, path, headers, expect, s in rows]
             for t in targets:
                 R.wait_ready(t, timeout=READY_TIMEOUT)
@@ -430,6 +456,12 @@ def report(results, scenarios, rev, stem, results_dir):
             x, y = mean.get(f"{label} /{scen}/hello"), mean.get(ref)
             if x and y:
                 ratios.append([f"{label} {scen} / {ref}", f"{x / y:.3f}"])
+        # tracing against the same route without it
+        for scen in ("trace0", "trace001", "trace1"):
+            x = mean.get(f"{label} /{scen}/hello")
+            if x and p:
+                ratios.append([f"{label} {scen} / proxy", f"{x / p:.3f}"])
+                ratios.append([f"{label} {scen} − proxy (instructions/request)", f"{x - p:,.0f}"])
         # the Redis storage against the memory one and against no cache at all
         r, c = mean.get(f"{label} /cachehit_redis/hello"), mean.get(f"{label} /cachehit/hello")
         if r and c:
@@ -482,6 +514,20 @@ def report(results, scenarios, rev, stem, results_dir):
                "lookup; no keyspace miss). Redis is not under callgrind: its instructions are not in the "
                "counts above; its CPU (`used_cpu_sys + used_cpu_user`, native speed) is given instead.", "",
                R.md_table(redis_rows, redis_headers), ""]
+    if SINK_PHASES:
+        sink_rows = [[name, " / ".join(str(d["spans"]) for d in v), " / ".join(f"{d['spans'] / REQUESTS:.4f}" for d in v),
+                      " / ".join(str(d["requests"]) for d in v), " / ".join(f"{d['bytes']:,}" for d in v)]
+                     for name, v in SINK_PHASES.items()]
+        sink_headers = ["target", "spans (phases)", "spans/request (phases)", "export requests (phases)", "bytes (phases)"]
+        print(R.text_table(sink_rows, sink_headers, None))
+        print()
+        md += ["Tracing targets (`/trace*`: the proxy route on a tollgate process of its own with `[tracing]`, "
+               "exporting to the bench's OTLP sink, bench/otlp_sink.py): before zeroing the counters and again before "
+               f"the dump, the driver waits until the sink has received nothing new for {R.SINK_QUIET_S:g} s, so each "
+               "phase holds the export of its own spans and no other (and those idle waits). Every sampled request is "
+               "2 spans (server + upstream attempt): sample_ratio 1 should give 2.0000 spans/request, 0.01 about "
+               "0.02; checked in every phase: sample_ratio 0 exported nothing, sample_ratio 1 exported spans.", "",
+               R.md_table(sink_rows, sink_headers), "", *R.sink_samples(RAW_DIR), ""]
     if bad:
         md += [f"WARNING: phases differ by more than {AGREE_PCT}% for: {', '.join(bad)}", ""]
     md_path = os.path.join(results_dir, stem + ".md")
@@ -496,6 +542,7 @@ def report(results, scenarios, rev, stem, results_dir):
 
 
 CG_DIR = VGDB_PREFIX = RAW_DIR = None
+SINK_PHASES = {}  # row name -> [sink counts delta] per phase
 REDIS_PHASES = {}  # row name -> [(Redis scripts/request, Redis CPU us/request)] per phase
 
 if __name__ == "__main__":

@@ -62,9 +62,15 @@ source "$ROOT/bench/prepare.sh"
 # ---- measure (bounded) ----------------------------------------------------------------------
 if [ -z "${INSTR_TIMEOUT:-}" ]; then
   # Under callgrind a proxy serves roughly 1-3k requests/s here; allow 250 req/s plus 60 s
-  # start-up and stop per target, for up to 6 targets (2 scenarios each for tollgate).
+  # start-up and stop per target, for at least 10 targets (4 references + the scenarios, twice
+  # with BASELINE), plus 40 s per scenario for the OTLP sink's settle waits (trace* scenarios).
   n=$(( ${REQUESTS:-20000} * ${REPEAT:-2} + ${WARMUP_REQUESTS:-2000} ))
-  INSTR_TIMEOUT=$(( 10 * (n / 250 + 60) + 120 ))
+  scen=$(echo "${SCENARIOS:-proxy,fullchain}" | tr ',' '\n' | grep -c .)
+  mult=1
+  [ -z "${BASELINE:-}" ] || mult=2
+  targets=$(( 4 + scen * mult ))
+  [ "$targets" -ge 10 ] || targets=10
+  INSTR_TIMEOUT=$(( targets * (n / 250 + 60) + 40 * scen + 120 ))
 fi
 echo "measurements bounded to ${INSTR_TIMEOUT}s" >&2
 timeout -k 10 "$INSTR_TIMEOUT" python3 "$ROOT/bench/instr.py" &

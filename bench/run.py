@@ -111,6 +111,16 @@ class Scenario:
     # "custom": served by the custom binary (CUSTOM_BIN) only, beside its own copy of the plain
     # proxied route; left out when there is no custom binary.
     binary: str = ""
+    # The keys of a top-level [tracing] section besides `endpoint` (which is the bench's OTLP
+    # sink, bench/otlp_sink.py, a port per scenario). [tracing] is process-wide, so such a
+    # scenario is served by a tollgate process of its own, with the same routes as the main one
+    # (see tollgate_config); a build without tracing leaves it out (with a note).
+    tracing: str = ""
+
+    @property
+    def sample_ratio(self):
+        m = re.search(r"^sample_ratio\s*=\s*([0-9.]+)", self.tracing, re.M)
+        return float(m.group(1)) if m else None
 
     @property
     def needs_redis(self):
@@ -155,6 +165,13 @@ SCENARIOS = [
     Scenario("sse", "/sse/events", True),
     Scenario("sse_tokens", "/sse_tokens/events", True, '{ name = "token_limit", minute = 4000000000, limit_by = "ip" }',
              expect={"x-ratelimit-limit-tokens": "4000000000"}, optional=True),
+    # OpenTelemetry tracing (the proxy scenario plus [tracing], exporting to the bench's OTLP
+    # sink): nothing sampled, 1 % sampled (the default ratio), everything sampled. Each runs
+    # on its own tollgate process; the sink's counts are checked after every run (trace0: no
+    # export at all; trace1: spans arrived) and reported per request.
+    Scenario("trace0", "/trace0/hello", True, tracing="sample_ratio = 0.0\nflush_interval_ms = 1000"),
+    Scenario("trace001", "/trace001/hello", True, tracing="sample_ratio = 0.01\nflush_interval_ms = 1000"),
+    Scenario("trace1", "/trace1/hello", True, tracing="sample_ratio = 1.0\nflush_interval_ms = 1000"),
     Scenario("hmac", "/hmac/hello", True, '{ name = "hmac_signature", keys = { bench = "bench-hmac-secret-0123456789abcdef" }, max_skew_seconds = 86400 }',
              headers={"x-key-id": "bench", "x-timestamp": "{HMAC_TS}", "x-signature": "{HMAC_SIG}"},
              expect={"x-signature": "verified"}, binary="custom"),
@@ -369,6 +386,8 @@ class Target:
     expect: dict = field(default_factory=dict)
     base_of: str = ""  # for a baseline tollgate target: the name of the same scenario on the new binary
     redis_hits: bool = False  # its answers must be Redis cache hits (checked on Redis's side every run)
+    sink: str = ""  # a tracing scenario: its name in the OTLP sink (counts checked every run)
+    sample_ratio: float = None
 
     @property
     def url(self):
@@ -564,11 +583,24 @@ def start_nginx(name, body, modules="", argv_prefix=(), master=True):
 
 
 def scenarios_of(kind):
-    """The scenarios one tollgate process serves: the main binary's (kind ""), or the custom
-    binary's: its own scenarios and the plain proxied route, to compare the two binaries."""
+    """The routes one tollgate process serves: the main binary's (kind ""), or the custom
+    binary's: its own scenarios and the plain proxied route, to compare the two binaries. A
+    tracing scenario's process (kind "trace:<name>") has the main process's routes (the
+    tracing scenarios' routes among them), so only its [tracing] section differs."""
     if kind == "custom":
         return [s for s in SCENARIOS if s.binary == "custom" or s.name == "proxy"]
     return [s for s in SCENARIOS if not s.binary]
+
+
+def tracing_scenarios():
+    return [s for s in SCENARIOS if s.tracing and not s.binary]
+
+
+def measured_by(kind):
+    """The scenarios measured on the process of `kind` (its other routes are not)."""
+    if kind.startswith("trace:"):
+        return [s for s in SCENARIOS if s.name == kind[len("trace:"):]]
+    return [s for s in scenarios_of(kind) if not s.tracing]
 
 
 def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=(), kind=""):
@@ -603,18 +635,23 @@ def tollgate_config(port, upstream_port, state_files=True, tag="tollgate", skip=
     for s in scenarios:
         if s.config:
             lines += ["", s.config]
+    if kind.startswith("trace:"):
+        s = next(x for x in SCENARIOS if x.name == kind[len("trace:"):])
+        lines += ["", "[tracing]", f'endpoint = "http://127.0.0.1:{OTLP_PORTS[s.name]}/v1/traces"', s.tracing]
     lines += [CONSUMERS]
     return ("\n".join(lines).replace("{REDIS_PORT}", str(REDIS_PORT)).replace("{AUTH_PORT}", str(AUTH_PORT))
             .replace("{REDIS_CACHE_TIMEOUT_MS}", str(REDIS_CACHE_TIMEOUT_MS)) + "\n")
 
 
-def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate", kind=""):
+def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate", kind="", required=True):
     """Write the config and validate it with `tollgate check` (of `binary`, default
     TOLLGATE_BIN). Builds older than the pid_file / upgrade_sock settings reject those keys:
     then write it without them. `tag` names the pid file and upgrade socket, so two tollgate
     processes (BASELINE) have the same config apart from the port and those two paths.
     A build that rejects the config but accepts it without the `optional` scenarios (one older
-    than those features) runs without them: returns the names of the scenarios left out."""
+    than those features) runs without them: returns the names of the scenarios left out.
+    required=False (a tracing scenario's process): a config the build rejects returns None
+    (with a note) instead of stopping the bench."""
     binary = binary or TOLLGATE_BIN
 
     def check(skip):
@@ -640,6 +677,10 @@ def write_tollgate_config(path, port, upstream_port, binary=None, tag="tollgate"
             f"left out for it: {why}")
         return set(optional)
     check(())  # leave the full config in place for inspection
+    if not required:
+        why = ((full.stdout + full.stderr).strip().splitlines() or ["?"])[-1].strip()
+        log(f"  note: {binary} rejects {path} (a build without [tracing]?), its scenario is left out: {why}")
+        return None
     sys.exit(f"tollgate rejected the bench config {path}:\n{full.stdout}{full.stderr}")
 
 
@@ -833,6 +874,110 @@ def start_authsvc():
         time.sleep(0.1)
 
 
+# The OTLP sink (bench/otlp_sink.py): one listener per tracing scenario, so a scenario's counts
+# never include the tail of another one's export.
+OTLP_PORTS = {}  # scenario name -> sink port
+SINK_QUIET_S = 2.0  # no new export for this long (> flush_interval_ms) = everything has arrived
+SINK_SETTLE_MAX_S = 30.0
+
+
+def start_otlp_sink(names=None):
+    """Start the sink when a tracing scenario is there (of `names`, when given)."""
+    wanted = [s.name for s in tracing_scenarios() if names is None or s.name in names]
+    if not wanted:
+        return None
+    for n in wanted:
+        OTLP_PORTS[n] = OTLP_PORTS.get(n) or free_port()
+    p = start("otlp-sink", [sys.executable, os.path.join(BENCH, "otlp_sink.py")] + [f"{n}={OTLP_PORTS[n]}" for n in wanted])
+    deadline = time.time() + 10
+    while True:
+        try:
+            if set(sink_stats_all()) == set(wanted):
+                return p
+        except (OSError, ValueError):
+            pass
+        if p.poll() is not None or time.time() > deadline:
+            sys.exit(f"the OTLP sink does not answer on 127.0.0.1:{OTLP_PORTS[wanted[0]]}; see {TMP}/otlp-sink.out")
+        time.sleep(0.1)
+
+
+def sink_stats_all():
+    port = next(iter(OTLP_PORTS.values()))
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/stats")
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
+
+
+def sink_stats(name):
+    """{requests, bytes, spans, bad, sample} the sink received for scenario `name` so far."""
+    return sink_stats_all()[name]
+
+
+def sink_settle(name):
+    """Wait until the sink has received nothing new for `name` for SINK_QUIET_S (what tollgate
+    had queued is exported at least every flush_interval_ms), at most SINK_SETTLE_MAX_S;
+    returns its counts then."""
+    last, since, deadline = sink_stats(name), time.time(), time.time() + SINK_SETTLE_MAX_S
+    while time.time() - since < SINK_QUIET_S and time.time() < deadline:
+        time.sleep(0.25)
+        now = sink_stats(name)
+        if (now["requests"], now["spans"]) != (last["requests"], last["spans"]):
+            last, since = now, time.time()
+    return last
+
+
+def sink_delta(before, after):
+    return {k: after[k] - before[k] for k in ("requests", "bytes", "spans", "bad")}
+
+
+def sink_samples(raw_dir):
+    """Markdown lines on what the first export request of each tracing scenario held (decoded
+    by the sink), and the sink's whole counts as JSON in raw_dir; [] without a sink."""
+    if not OTLP_PORTS:
+        return []
+    try:
+        stats = sink_stats_all()
+    except (OSError, ValueError) as e:
+        return [f"- OTLP sink: could not read its counts: {e}"]
+    if raw_dir:
+        with open(os.path.join(raw_dir, "otlp_sink.json"), "w") as f:
+            json.dump(stats, f, indent=1)
+    lines = []
+    for name, st in stats.items():
+        line = f"- `{name}`: the sink got {st['requests']:,} export requests, {st['spans']:,} spans, {st['bytes']:,} bytes in all"
+        sm = st.get("sample") or {}
+        if sm.get("spans"):
+            def one(x):
+                return (f"`{x.get('name')}` ({x.get('kind')}, parent {'yes' if x.get('parent_span_id') else 'none'}; "
+                        f"{', '.join(sorted(x.get('attributes', {})))})")
+            line += (f"; first export: Content-Type `{sm.get('content_type')}`, resource "
+                     f"{', '.join(f'{k}={v}' for k, v in sm.get('resource', {}).items())}, scope {', '.join(sm.get('scopes', []))}; "
+                     f"spans {'; '.join(one(x) for x in sm['spans'][:2])}")
+        lines.append(line)
+    return lines
+
+
+def sink_problem(ratio, d, requests, extra):
+    """What is wrong with the sink's counts `d` for `requests` requests answered (plus up to
+    `extra` that may have been served without being counted: wrk's in-flight requests, the
+    probe) at sample ratio `ratio`, or None. Every sampled request is two spans (server +
+    upstream attempt). Not sampled at all: nothing may be exported. All sampled: spans must
+    have arrived (fewer than 2 per request is reported by the caller, not an error: the queue
+    may have dropped some). Unparsable export bodies are an error."""
+    if d["bad"]:
+        return f"{d['bad']} export bodies the sink could not parse"
+    if ratio == 0 and (d["requests"] or d["spans"]):
+        return f"sample_ratio 0 but the sink got {d['requests']} export requests, {d['spans']} spans"
+    if ratio == 1 and not d["spans"]:
+        return f"sample_ratio 1 but the sink got no span ({d['requests']} export requests) for {requests} requests"
+    if d["spans"] > 2 * (requests + extra):
+        return f"{d['spans']} spans for {requests} (+{extra}) requests: more than 2 per request"
+    return None
+
+
 def start_targets():
     global REDIS_PORT
     up_port, ngx_port, cache_port, lua_port, floor_port, tg_port, base_port, REDIS_PORT = (free_port() for _ in range(8))
@@ -840,6 +985,9 @@ def start_targets():
     start_redis()
     prepare_scenarios()
     start_authsvc()
+    trace_wanted = [s for s in tracing_scenarios()
+                    if not TARGET_FILTER or any(w in f"tollgate {s.path}" for w in TARGET_FILTER)]
+    start_otlp_sink({s.name for s in trace_wanted})
     up = start_nginx("upstream", upstream_http(up_port))
     ngx = start_nginx("nginx-proxy", PROXY_HTTP.format(port=ngx_port, upstream=up_port))
     cache = start_nginx("nginx-cache", CACHE_HTTP.format(tmp=TMP, port=cache_port, upstream=up_port))
@@ -871,7 +1019,7 @@ def start_targets():
     if lua:
         targets.append(Target(NGINX_LUA, lua_port, "/hello", lua, [], LUA_HEADERS, LUA_EXPECT))
     targets.append(Target("pingora floor", floor_port, "/hello", floor, [floor.pid]))
-    for s in scenarios_of(""):
+    for s in measured_by(""):
         if s.name not in tg_skip:
             targets.append(Target(f"tollgate {s.path}", tg_port, s.path, tg, [tg.pid], s.headers, s.expect,
                                   redis_hits=s.redis_hits))
@@ -879,6 +1027,16 @@ def start_targets():
             targets.append(Target(baseline_name(s), base_port, s.path, base, [base.pid], s.headers, s.expect,
                                   base_of=f"tollgate {s.path}" if s.name not in tg_skip else "",
                                   redis_hits=s.redis_hits))
+    # Tracing scenarios: a tollgate process each (the main config plus [tracing]), main binary only.
+    for s in trace_wanted:
+        tport, tag = free_port(), f"tollgate-{s.name}"
+        tcfg = os.path.join(TMP, f"{tag}.toml")
+        tskip = write_tollgate_config(tcfg, tport, up_port, tag=tag, kind=f"trace:{s.name}", required=False)
+        if tskip is None:
+            continue
+        tp = start(tag, [TOLLGATE_BIN, "run", "-c", tcfg])
+        targets.append(Target(f"tollgate {s.path}", tport, s.path, tp, [tp.pid], s.headers, s.expect,
+                              sink=s.name, sample_ratio=s.sample_ratio))
     if custom:
         for s in scenarios_of("custom"):
             if s.name not in custom_skip:
@@ -960,6 +1118,7 @@ def run_wrk(t, conns, duration, raw_name=None):
             stop.wait(0.25)
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
+    sink0 = sink_stats(t.sink) if t.sink else None
     probe(t, "before the run")
     redis0 = redis_stats() if t.redis_hits else None
     own0, busy0, t0 = own_cpu(), busy_seconds(), time.time()
@@ -993,6 +1152,15 @@ def run_wrk(t, conns, duration, raw_name=None):
         r["redis_cpu_per_10k"] = (redis1["cpu_s"] - redis0["cpu_s"]) / r["requests"] * 10000 if r["requests"] else None
         if r["redis_problem"]:
             log(f"  ERROR {t.name} -c{conns}: not every request was a Redis cache hit: {r['redis_problem']}")
+    if sink0 is not None:
+        # what the sink got for the probe before the run and the run itself, once tollgate has
+        # exported all it had queued (waited for here: not in the measured time)
+        d = sink_delta(sink0, sink_settle(t.sink))
+        r["sink"] = d
+        r["sink_spans_per_req"] = d["spans"] / r["requests"] if r["requests"] else None
+        problem = sink_problem(t.sample_ratio, d, r["requests"], conns + 1)
+        if problem:
+            sys.exit(f"{t.name} -c{conns}: OTLP sink check failed: {problem}; see {TMP}")
     probe(t, "after the run")
     return r
 
@@ -1107,6 +1275,36 @@ def ab_headers(rev):
             "per-round new/base [min–max] rounds",
             f"CPU s/10k {rev}", f"CPU s/10k {BASELINE_REV}", "CPU new/base", f"p99 ms {rev}",
             f"p99 ms {BASELINE_REV}", "errors"]
+
+
+SINK_HEADERS = ["target", "conns", "sample_ratio", "spans/request (per round)", "export requests (per round)",
+                "KiB exported (per round)", "bytes/span (median)"]
+
+
+def sink_report_rows(targets, results):
+    """For the tracing targets: what the OTLP sink received in each measured round."""
+    rows = []
+    for conns in CONNS:
+        for t in targets:
+            rs = results.get((t.name, conns), [])
+            if not t.sink or not rs:
+                continue
+            bps = [r["sink"]["bytes"] / r["sink"]["spans"] for r in rs if r["sink"]["spans"]]
+            rows.append([t.name, str(conns), f"{t.sample_ratio:g}",
+                         " / ".join(fmt(r["sink_spans_per_req"], ".4f") for r in rs),
+                         " / ".join(str(r["sink"]["requests"]) for r in rs),
+                         " / ".join(f"{r['sink']['bytes'] / 1024:,.0f}" for r in rs),
+                         fmt(statistics.median(bps) if bps else None, ".0f")])
+    return rows
+
+
+def sink_table(rows):
+    return ("The bench's OTLP sink (bench/otlp_sink.py) counts what each tracing scenario's tollgate exported "
+            "during a round: the probe before it and the wrk run, counted once the export had settled "
+            f"(nothing new for {SINK_QUIET_S:g} s; that wait is not in the measured time). Every sampled request "
+            "is 2 spans (server + upstream attempt), so sample_ratio 1 should give 2.0000 spans/request and "
+            "0.01 about 0.02; less means spans were dropped (queue full). Checked every round: sample_ratio 0 "
+            "exported nothing, sample_ratio 1 exported spans.\n\n" + md_table(rows, SINK_HEADERS))
 
 
 REDIS_HEADERS = ["target", "conns", "Redis scripts/request (per round)", "Redis CPU s/10k req (median)", "not all hits"]
@@ -1315,6 +1513,12 @@ def main():
         print(text_table(redis_rows, REDIS_HEADERS, None))
         print()
         md += ["## Redis cache hits", "", text, ""]
+    sink_rows = sink_report_rows(targets, results)
+    if sink_rows:
+        print("OTLP sink (what the tracing scenarios exported, per round)")
+        print(text_table(sink_rows, SINK_HEADERS, None))
+        print()
+        md += ["## Tracing export (OTLP sink)", "", sink_table(sink_rows), "", *sink_samples(RAW_DIR), ""]
     if has_chart:
         md += [f"![requests/s]({stem}.png)", ""]
     md_path = os.path.join(results_dir, stem + ".md")
@@ -1337,7 +1541,9 @@ def time_bound():
     """Upper bound for a whole run with the current settings, in seconds (for run.sh)."""
     n_targets = 5 + len(SCENARIOS) * (2 if BASELINE_BIN else 1) + (2 if CUSTOM_BIN else 0)
     per_target = ROUNDS * (env_seconds(DURATION) + 2) + (env_seconds(WARMUP) + 2 if WARMUP not in ("", "0", "0s") else 0)
-    return int(n_targets * len(CONNS) * per_target + QUIET_WAIT + 120)
+    # the OTLP sink settles after every run of a tracing scenario (SINK_QUIET_S, at most SINK_SETTLE_MAX_S)
+    settle = len(tracing_scenarios()) * len(CONNS) * (ROUNDS + 1) * (SINK_QUIET_S + 3)
+    return int(n_targets * len(CONNS) * per_target + settle + QUIET_WAIT + 120)
 
 
 RAW_DIR = None
