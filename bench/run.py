@@ -877,6 +877,7 @@ def start_authsvc():
 # The OTLP sink (bench/otlp_sink.py): one listener per tracing scenario, so a scenario's counts
 # never include the tail of another one's export.
 OTLP_PORTS = {}  # scenario name -> sink port
+SINK_PROC = None
 SINK_QUIET_S = 2.0  # no new export for this long (> flush_interval_ms) = everything has arrived
 SINK_SETTLE_MAX_S = 30.0
 
@@ -888,7 +889,8 @@ def start_otlp_sink(names=None):
         return None
     for n in wanted:
         OTLP_PORTS[n] = OTLP_PORTS.get(n) or free_port()
-    p = start("otlp-sink", [sys.executable, os.path.join(BENCH, "otlp_sink.py")] + [f"{n}={OTLP_PORTS[n]}" for n in wanted])
+    global SINK_PROC
+    p = SINK_PROC = start("otlp-sink", [sys.executable, os.path.join(BENCH, "otlp_sink.py")] + [f"{n}={OTLP_PORTS[n]}" for n in wanted])
     deadline = time.time() + 10
     while True:
         try:
@@ -1119,6 +1121,7 @@ def run_wrk(t, conns, duration, raw_name=None):
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sink0 = sink_stats(t.sink) if t.sink else None
+    sink_cpu0 = cpu_seconds([SINK_PROC.pid]) if t.sink else None
     probe(t, "before the run")
     redis0 = redis_stats() if t.redis_hits else None
     own0, busy0, t0 = own_cpu(), busy_seconds(), time.time()
@@ -1131,6 +1134,7 @@ def run_wrk(t, conns, duration, raw_name=None):
         sampler.join()
     # CPU of the processes that were there at both ends of the run
     cpu_s = sum(c - cpu0[pid] for pid, c in cpu_by_pid(t.pids).items() if pid in cpu0)
+    sink_cpu_s = cpu_seconds([SINK_PROC.pid]) - sink_cpu0 if t.sink else None
     own1, busy1, t1 = own_cpu(), busy_seconds(), time.time()
     if res.returncode != 0:
         sys.exit(f"wrk failed ({res.returncode}): {res.stderr}")
@@ -1158,6 +1162,8 @@ def run_wrk(t, conns, duration, raw_name=None):
         d = sink_delta(sink0, sink_settle(t.sink))
         r["sink"] = d
         r["sink_spans_per_req"] = d["spans"] / r["requests"] if r["requests"] else None
+        # the sink's own CPU during the wrk run (it shares the machine with tollgate and wrk)
+        r["sink_cpu_per_10k"] = sink_cpu_s / r["requests"] * 10000 if r["requests"] else None
         problem = sink_problem(t.sample_ratio, d, r["requests"], conns + 1)
         if problem:
             sys.exit(f"{t.name} -c{conns}: OTLP sink check failed: {problem}; see {TMP}")
@@ -1278,7 +1284,7 @@ def ab_headers(rev):
 
 
 SINK_HEADERS = ["target", "conns", "sample_ratio", "spans/request (per round)", "export requests (per round)",
-                "KiB exported (per round)", "bytes/span (median)"]
+                "KiB exported (per round)", "bytes/span (median)", "sink CPU s/10k req (median)"]
 
 
 def sink_report_rows(targets, results):
@@ -1294,7 +1300,8 @@ def sink_report_rows(targets, results):
                          " / ".join(fmt(r["sink_spans_per_req"], ".4f") for r in rs),
                          " / ".join(str(r["sink"]["requests"]) for r in rs),
                          " / ".join(f"{r['sink']['bytes'] / 1024:,.0f}" for r in rs),
-                         fmt(statistics.median(bps) if bps else None, ".0f")])
+                         fmt(statistics.median(bps) if bps else None, ".0f"),
+                         fmt(statistics.median([r["sink_cpu_per_10k"] for r in rs]), ".3f")])
     return rows
 
 
@@ -1303,8 +1310,10 @@ def sink_table(rows):
             "during a round: the probe before it and the wrk run, counted once the export had settled "
             f"(nothing new for {SINK_QUIET_S:g} s; that wait is not in the measured time). Every sampled request "
             "is 2 spans (server + upstream attempt), so sample_ratio 1 should give 2.0000 spans/request and "
-            "0.01 about 0.02; less means spans were dropped (queue full). Checked every round: sample_ratio 0 "
-            "exported nothing, sample_ratio 1 exported spans.\n\n" + md_table(rows, SINK_HEADERS))
+            "0.01 about 0.02 (a little more: the probe and wrk's requests in flight at the end are served but not "
+            "counted by wrk); less means spans were dropped (queue full). Checked every round: sample_ratio 0 "
+            "exported nothing, sample_ratio 1 exported spans. The sink (Python) runs on the same CPUs: its CPU "
+            "during the run is given here and is not in the CPU column above.\n\n" + md_table(rows, SINK_HEADERS))
 
 
 REDIS_HEADERS = ["target", "conns", "Redis scripts/request (per round)", "Redis CPU s/10k req (median)", "not all hits"]
