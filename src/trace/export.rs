@@ -78,12 +78,20 @@ impl BackgroundService for Exporter {
 }
 
 impl Exporter {
-    /// Send `batch` (emptied) in one request; count the outcome.
+    /// Send the spans of `batch` (emptied), `batch_spans` at most per request.
     async fn export(&self, batch: &mut Vec<Finished>) {
         let mut spans = Vec::with_capacity(batch.len() * 2);
         for f in batch.drain(..) {
             push_spans(&f, &mut spans);
         }
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(self.batch_spans));
+            self.send(std::mem::replace(&mut spans, rest)).await;
+        }
+    }
+
+    /// Send `spans` in one request; count the outcome.
+    async fn send(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         let body = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
