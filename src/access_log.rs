@@ -172,30 +172,6 @@ impl Serialize for Selected<'_, '_> {
     }
 }
 
-/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), when valid:
-/// lowercase hex, neither id all zeros, version not `ff`.
-pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
-    let v = std::str::from_utf8(traceparent).ok()?.trim();
-    let mut parts = v.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        // Version 00 has exactly four parts; later versions may add more.
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some(trace)
-}
-
 /// Lines queued for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16 * 1024;
 /// The writer's buffer.
@@ -344,34 +320,6 @@ impl pingora::services::background::BackgroundService for Reopener {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_ids() {
-        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let tp = format!("00-{id}-00f067aa0ba902b7-01");
-        assert_eq!(trace_id(tp.as_bytes()), Some(id));
-        assert_eq!(
-            trace_id(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(
-            trace_id(format!("00-{id}-0000000000000000-01").as_bytes()),
-            None
-        );
-        assert_eq!(
-            trace_id(format!("ff-{id}-00f067aa0ba902b7-01").as_bytes()),
-            None
-        );
-        assert_eq!(
-            trace_id(format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()).as_bytes()),
-            None
-        );
-        assert_eq!(
-            trace_id(format!("00-{id}-00f067aa0ba902b7-01-x").as_bytes()),
-            None
-        );
-        assert_eq!(trace_id(b"garbage"), None);
-    }
 
     #[test]
     fn micros_round() {

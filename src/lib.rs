@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod sni;
 pub mod split;
 pub mod target;
+pub mod trace;
 pub mod upstream;
 
 /// The plugin crate, so a custom binary can depend on `tollgate` alone.

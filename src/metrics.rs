@@ -36,6 +36,14 @@ pub struct Metrics {
     pub process_rss: IntGauge,
     /// `process_open_fds` (read when scraped).
     pub process_fds: IntGauge,
+    /// `tollgate_tracing_spans_exported_total`: spans the collector accepted.
+    pub spans_exported: IntCounter,
+    /// `tollgate_tracing_spans_dropped_total{reason}`: spans never exported (`queue_full`,
+    /// `export_failed`).
+    pub spans_dropped: IntCounterVec,
+    /// `tollgate_upstream_attempt_duration_seconds{upstream,backend,outcome}`: each try at
+    /// a backend, from choosing it to the end of its response (or its failure).
+    pub attempt_duration: HistogramVec,
     /// Held while the process figures are read, so concurrent scrapes count CPU time once.
     process_lock: std::sync::Mutex<()>,
     /// `tollgate_upstream_request_duration_seconds{upstream}`: until the response header.
@@ -324,6 +332,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream"],
     )?;
+    let spans_exported = IntCounter::new(
+        "tollgate_tracing_spans_exported_total",
+        "Trace spans the collector accepted",
+    )?;
+    let spans_dropped = IntCounterVec::new(
+        Opts::new(
+            "tollgate_tracing_spans_dropped_total",
+            "Trace spans never exported, by reason (queue_full, export_failed)",
+        ),
+        &["reason"],
+    )?;
+    let attempt_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_upstream_attempt_duration_seconds",
+            "Each try at a backend, from choosing it to the end of its response or its failure",
+        )
+        .buckets(BUCKETS.to_vec()),
+        &["upstream", "backend", "outcome"],
+    )?;
     let access_log_dropped = IntCounter::new(
         "tollgate_access_log_dropped_total",
         "Access log lines dropped because the writer could not keep up",
@@ -365,6 +392,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(stream_timeouts.clone()))?;
     registry.register(Box::new(queue_rejections.clone()))?;
     registry.register(Box::new(queued.clone()))?;
+    registry.register(Box::new(spans_exported.clone()))?;
+    registry.register(Box::new(spans_dropped.clone()))?;
+    registry.register(Box::new(attempt_duration.clone()))?;
     for c in tollgate_plugins::metrics::collectors() {
         registry.register(c)?;
     }
@@ -388,6 +418,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         process_cpu,
         process_rss,
         process_fds,
+        spans_exported,
+        spans_dropped,
+        attempt_duration,
         process_lock: std::sync::Mutex::new(()),
         upstream_duration,
         upstream_health,

@@ -4,6 +4,7 @@
 
 use crate::config;
 use crate::config::schema::ProcessSettings;
+use crate::config::tracing::TracingSection;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::METRICS;
 use crate::retained::Retained;
@@ -30,6 +31,8 @@ pub struct Reloader {
     lifecycle: Arc<Lifecycle>,
     /// The settings the process was started with; a reload cannot change them.
     started_with: ProcessSettings,
+    /// `[tracing]` as the process started with it; a reload cannot change it either.
+    started_tracing: Option<TracingSection>,
     /// `[server] watch_config`: reload when the file changes, not only on SIGHUP.
     watch: bool,
     /// The config file's content as last loaded (or tried).
@@ -45,6 +48,7 @@ impl Reloader {
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         let started_with = config.load().server.process.clone();
+        let started_tracing = config.load().tracing.clone();
         let watch = started_with.watch_config;
         let loaded = digest(path, &config.load().watched_files);
         Reloader {
@@ -53,6 +57,7 @@ impl Reloader {
             retained,
             lifecycle,
             started_with,
+            started_tracing,
             watch,
             loaded: std::sync::Mutex::new(loaded),
         }
@@ -67,6 +72,9 @@ impl Reloader {
         let result = tokio::task::spawn_blocking(move || config::load_file(&path, &retained)).await;
         match result {
             Ok(Ok(snap)) => {
+                if snap.tracing != self.started_tracing {
+                    log::warn!("[tracing] takes effect on restart");
+                }
                 if snap.server.process != self.started_with {
                     log::warn!(
                         "[server] listeners, threads, TLS, shutdown, pool, pid file and access log settings take effect on restart"

@@ -137,7 +137,17 @@ pub fn run(path: &Path, upgrade: bool, registry: Registry) -> Result<(), RunErro
             log: access_log.clone(),
         },
     ));
-    let gateway = Gateway::new(config.clone(), access_log, lifecycle.clone());
+    let mut gateway = Gateway::new(config.clone(), access_log, lifecycle.clone());
+    if let Some(section) = &config.load().tracing {
+        match crate::trace::Tracer::start(section, &retained.plugins) {
+            Ok((tracer, exporter)) => {
+                gateway = gateway.with_tracer(Arc::new(tracer));
+                server.add_service(background_service("tracing export", exporter));
+            }
+            // Checked with the config: not expected.
+            Err(e) => log::error!("tracing disabled: {e}"),
+        }
+    }
     let origin_date = gateway.origin_date();
     let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut options = pingora::apps::HttpServerOptions::default();

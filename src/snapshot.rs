@@ -127,6 +127,8 @@ pub struct Snapshot {
     pub certs: std::collections::HashMap<String, crate::certs::CertSet>,
     /// Files besides the config whose change means a reload (certificates and keys).
     pub watched_files: Vec<std::path::PathBuf>,
+    /// `[tracing]`, checked (read when the process starts; see [`crate::trace`]).
+    pub tracing: Option<crate::config::tracing::TracingSection>,
     /// The text this snapshot was compiled from and its file name, to compile it again
     /// when a DNS answer changes.
     pub source: Option<Arc<(String, String)>>,

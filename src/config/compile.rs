@@ -27,6 +27,7 @@ const TOP_LEVEL: &[&str] = &[
     "consumer_groups",
     "routes",
     "plugins",
+    "tracing",
 ];
 
 /// Compile a parsed (and env-expanded) config. All errors are returned together. What must
@@ -184,10 +185,12 @@ pub fn compile(
             watched_files.push(std::path::PathBuf::from(f.1));
         }
     }
+    let tracing = super::tracing::parse(table.get("tracing"), &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Snapshot {
+        tracing,
         certs,
         watched_files,
         source: None,

@@ -9,6 +9,7 @@ pub mod env;
 pub mod lines;
 pub mod plugin_list;
 pub mod schema;
+pub mod tracing;
 
 use crate::retained::Retained;
 use crate::snapshot::Snapshot;

@@ -16,6 +16,7 @@ use crate::upstream::outlier::{Admission, Circuit};
 use crate::upstream::UpstreamPool;
 use pingora::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The circuit breaker's admission of one request (see the module documentation).
 pub struct BreakerTicket {
@@ -94,6 +95,11 @@ pub struct Attempt {
     ticket: Option<BreakerTicket>,
     /// The upstream's concurrency slot (`max_concurrent_requests`), freed on drop.
     permit: Option<Permit>,
+    /// When the backend was chosen.
+    start: Instant,
+    /// How the attempt ended, the `outcome` of `tollgate_upstream_attempt_duration_seconds`:
+    /// `response` (a response head came), `connect_error`, `timeout`, `error`.
+    pub outcome: &'static str,
 }
 
 impl Attempt {
@@ -103,6 +109,7 @@ impl Attempt {
         backend: usize,
         ticket: Option<BreakerTicket>,
         permit: Option<Permit>,
+        start: Instant,
     ) -> Self {
         pool.begin(backend);
         let ticket = ticket.map(|mut t| {
@@ -115,6 +122,8 @@ impl Attempt {
             reported: false,
             ticket,
             permit,
+            start,
+            outcome: "error",
         }
     }
 
@@ -165,6 +174,9 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         self.pool.end(self.backend);
+        self.pool
+            .attempt_duration(self.backend, self.outcome)
+            .observe(self.start.elapsed().as_secs_f64());
         if !self.reported {
             self.pool.report(self.backend, false);
         }

@@ -3,6 +3,7 @@
 use super::attempt::Attempt;
 use super::error::GatewayError;
 use crate::snapshot::{Route, Snapshot};
+use crate::trace::span::{Event, RequestTrace};
 use crate::upstream::UpstreamPool;
 use http::HeaderValue;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -82,6 +83,8 @@ pub struct Ctx {
     pub(super) body_override: Option<bytes::Bytes>,
     /// `body_override` went into this attempt's body already.
     pub(super) override_sent: bool,
+    /// The request's trace, when `[tracing]` is on.
+    pub(super) trace: Option<RequestTrace>,
 }
 
 /// The plugins a request runs: its consumer's chain once one was chosen, else the route's.
@@ -131,6 +134,7 @@ impl Ctx {
             fell_back: false,
             body_override: None,
             override_sent: false,
+            trace: None,
         }
     }
 
@@ -157,6 +161,12 @@ impl Ctx {
     /// Count a retry that is about to happen.
     pub(super) fn count_retry(&mut self, cause: &'static str) {
         self.retries += 1;
+        if let Some(t) = &mut self.trace {
+            t.event(Event::Retry {
+                at: Instant::now(),
+                cause,
+            });
+        }
         if let Some(up) = &self.upstream {
             crate::metrics::METRICS
                 .upstream_retries
@@ -206,6 +216,14 @@ impl Ctx {
             .fallbacks
             .with_label_values(&[&*route.name, from, &*next.upstream.name, cause])
             .inc();
+        if let (Some(t), Some(up)) = (&mut self.trace, &self.upstream) {
+            t.event(Event::Fallback {
+                at: Instant::now(),
+                from: up.name.clone(),
+                to: next.upstream.name.clone(),
+                cause,
+            });
+        }
         log::debug!(
             "route {}: {cause} on upstream {from}, falling back to {}",
             route.name,

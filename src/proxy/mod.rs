@@ -38,6 +38,8 @@ use crate::origin_date::OriginDate;
 use crate::router::{request_host, Match};
 use crate::snapshot::Snapshot;
 use crate::target;
+use crate::trace::span::{Finished, RequestTrace};
+use crate::trace::SharedTracer;
 use crate::upstream::limit::Refusal;
 use crate::upstream::timed::{stream_timeout, StreamTimeout, TimedConnect};
 use crate::upstream::HashOn;
@@ -85,6 +87,7 @@ pub struct Gateway {
     lifecycle: Arc<Lifecycle>,
     no_route: Arc<str>,
     origin_date: Arc<OriginDate>,
+    tracer: Option<SharedTracer>,
 }
 
 impl Gateway {
@@ -100,7 +103,14 @@ impl Gateway {
             lifecycle,
             no_route: Arc::from(""),
             origin_date: Arc::new(OriginDate::new()),
+            tracer: None,
         }
+    }
+
+    /// Trace requests with `tracer` (`[tracing]`).
+    pub fn with_tracer(mut self, tracer: SharedTracer) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// The marker this gateway puts the origin's `Date` in; give it to the listeners'
@@ -134,6 +144,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
+        if let Some(t) = &self.tracer {
+            ctx.trace = Some(t.begin(req));
+        }
         if head_size(req) > ctx.snap.server.live.max_header_bytes {
             session.set_keepalive(None);
             return self
@@ -214,6 +227,9 @@ impl ProxyHttp for Gateway {
         let ran = chain::run_request(&route.chain, session, &mut ctx.req).await;
         ctx.consumer_chain = ran.chain;
         if let Some(stop) = ran.stop {
+            if let Some(t) = &mut ctx.trace {
+                t.answered_by = Some(stop.plugin);
+            }
             if let Some(code) = stop.answer.code {
                 ctx.error_code = Some(code);
                 let status = stop.answer.status;
@@ -385,6 +401,22 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        let timed_out =
+            matches!(e.etype(), ErrorType::ReadTimedout) || stream_timeout(&e).is_some();
+        if let Some(a) = &mut ctx.attempt {
+            if a.outcome != "response" {
+                a.outcome = if timed_out { "timeout" } else { "error" };
+            }
+        }
+        if let Some(t) = &mut ctx.trace {
+            let status_retry = matches!(e.etype(), ErrorType::HTTPStatus(_));
+            let why = match (status_retry, timed_out) {
+                (true, _) => "status",
+                (_, true) => "timeout",
+                _ => "error",
+            };
+            t.attempt_failed(why, Instant::now());
+        }
         if std::mem::take(&mut ctx.fell_back) {
             // `upstream_response_filter` moved the request to its next fallback target.
             e.set_retry(true);
@@ -446,6 +478,10 @@ impl ProxyHttp for Gateway {
         ctx.remember_tried();
         if let Some(a) = &mut ctx.attempt {
             a.report(false);
+            a.outcome = "connect_error";
+        }
+        if let Some(t) = &mut ctx.trace {
+            t.attempt_failed("connect", Instant::now());
         }
         // Bounded by the upstream's `retries`; a new backend is picked on each try.
         let retry = ctx.retry_allowed();
@@ -500,6 +536,17 @@ impl ProxyHttp for Gateway {
         forwarding::set_identity_headers(upstream_request, &ctx.req)?;
         for p in plugins(&route, &ctx.consumer_chain) {
             p.upstream_request(upstream_request, &mut ctx.req);
+        }
+        if let Some(t) = &ctx.trace {
+            // This attempt's span is the upstream's parent. A `tracestate` belongs to the
+            // caller's trace only: without a valid `traceparent` it is dropped.
+            upstream_request.insert_header(
+                "traceparent",
+                crate::trace::context::traceparent(&t.trace_id, &t.attempt_span, t.sampled),
+            )?;
+            if t.parent.is_none() {
+                upstream_request.remove_header("tracestate");
+            }
         }
         Ok(())
     }
@@ -657,6 +704,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if let Some(t) = &mut ctx.trace {
+            t.attempt_status(status);
+        }
+        if let Some(a) = &mut ctx.attempt {
+            a.outcome = "response";
+        }
         // Before the cache may store it: hop-by-hop headers describe the upstream
         // connection, not the response (RFC 9110 §7.6.1).
         forwarding::strip_hop_by_hop(upstream_response);
@@ -893,10 +946,15 @@ impl ProxyHttp for Gateway {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
             };
-            let trace_id = req
-                .headers
-                .get("traceparent")
-                .and_then(|v| crate::access_log::trace_id(v.as_bytes()));
+            let trace_hex = match &ctx.trace {
+                Some(t) => Some(crate::trace::context::trace_hex(&t.trace_id)),
+                None => req
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| crate::trace::context::parse(v.as_bytes()))
+                    .map(|p| crate::trace::context::trace_hex(&p.trace_id)),
+            };
+            let trace_id = trace_hex.as_ref().and_then(|h| std::str::from_utf8(h).ok());
             log.write(&AccessRecord {
                 time,
                 request_id: ctx.req.request_id.as_str(),
@@ -934,10 +992,75 @@ impl ProxyHttp for Gateway {
                 completion_tokens: usage.map(|u| u.completion_tokens),
             });
         }
+        if let Some(trace) = ctx.trace.take() {
+            self.finish_trace(session, ctx, trace, status);
+        }
     }
 }
 
 impl Gateway {
+    /// Hand the request's trace to the exporter if it is to be exported: the strings its
+    /// server span needs are copied here, the rest happens in the exporter.
+    fn finish_trace(&self, session: &Session, ctx: &Ctx, mut trace: RequestTrace, status: u16) {
+        let Some(tracer) = &self.tracer else {
+            return;
+        };
+        if !tracer.exports(&trace, status) {
+            return;
+        }
+        let end = Instant::now();
+        let end_unix_nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // The last attempt ends with the response (or the request).
+        let last_end = ctx.upstream_end.unwrap_or(end);
+        trace.end_attempt(last_end, ctx.error_code.unwrap_or("error"));
+        let req = session.req_header();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        tracer.submit(Finished {
+            trace,
+            start: ctx.start,
+            end,
+            end_unix_nanos,
+            method: req.method.clone(),
+            path: req.uri.path().to_string(),
+            scheme: if tls { "https" } else { "http" },
+            host: host_without_port(request_host(req)).to_string(),
+            protocol: match req.version {
+                http::Version::HTTP_09 => "0.9",
+                http::Version::HTTP_10 => "1.0",
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_3 => "3",
+                _ => "1.1",
+            },
+            client: ctx.req.client_ip,
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            status,
+            route: ctx.route.as_ref().map(|r| r.name.clone()),
+            upstream: ctx
+                .upstream
+                .as_ref()
+                .filter(|_| ctx.upstream_start.is_some())
+                .map(|u| u.name.clone()),
+            consumer: ctx
+                .req
+                .identity
+                .as_ref()
+                .map(|i| i.consumer.username.clone()),
+            request_id: ctx.req.request_id.as_str().to_string(),
+            retries: ctx.retries,
+            error: ctx.error_code,
+            body_bytes: (
+                session.body_bytes_read() as u64,
+                session.body_bytes_sent() as u64,
+            ),
+        });
+    }
+
     /// Answer a request whose body could not be read whole (413, 408), or fail with the
     /// read error.
     async fn refuse_body(
@@ -1076,7 +1199,12 @@ impl Gateway {
             peer.group_key = connect.group_key();
             peer.options.custom_l4 = Some(Arc::new(connect));
         }
-        ctx.attempt = Some(Attempt::begin(upstream, index, ticket, permit));
+        let now = Instant::now();
+        if let Some(t) = &mut ctx.trace {
+            let addr = upstream.addr(index).and_then(|a| a.as_inet()).copied();
+            t.begin_attempt(&upstream.name, addr, ctx.attempts + 1, now);
+        }
+        ctx.attempt = Some(Attempt::begin(upstream, index, ticket, permit, now));
         ctx.attempts += 1;
         ctx.override_sent = false;
         ctx.upstream_start.get_or_insert_with(Instant::now);
@@ -1176,5 +1304,17 @@ fn hash_key<'a>(
         HashOn::Path => req.uri.path().as_bytes(),
         HashOn::Header(name) => req.headers.get(name).map_or(&[], |v| v.as_bytes()),
         HashOn::Cookie(name) => tollgate_plugins::req::cookie(req, name).unwrap_or(&[]),
+    }
+}
+
+/// `host` without a `:port` (an IPv6 literal keeps its brackets).
+fn host_without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && (host.starts_with('[') || !host[..i].contains(':')) =>
+        {
+            &host[..i]
+        }
+        _ => host,
     }
 }

@@ -77,6 +77,9 @@ macro_rules! with_lb {
 struct Slot {
     peer: HttpPeer,
     host: HeaderValue,
+    /// `tollgate_upstream_attempt_duration_seconds{outcome="response"}` of this backend,
+    /// resolved at its first use (no series before a request).
+    attempt_ok: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// The largest weight a backend may have (Kong's limit).
@@ -263,6 +266,7 @@ impl UpstreamPool {
                 slots.push(Slot {
                     peer,
                     host: host_value,
+                    attempt_ok: std::sync::OnceLock::new(),
                 });
                 labels.push((sa.to_string(), backend));
             }
@@ -484,6 +488,20 @@ impl UpstreamPool {
     /// The peer to connect to for backend `index` (a clone of the one prepared at load).
     pub fn peer(&self, index: usize) -> Option<HttpPeer> {
         self.slots.get(index).map(|s| s.peer.clone())
+    }
+
+    /// `tollgate_upstream_attempt_duration_seconds` of backend `index` for `outcome`.
+    pub fn attempt_duration(&self, index: usize, outcome: &str) -> prometheus::Histogram {
+        let label = self.backends.get(index).map_or("", |(l, _)| l.as_str());
+        let resolve = || {
+            crate::metrics::METRICS
+                .attempt_duration
+                .with_label_values(&[&*self.name, label, outcome])
+        };
+        match self.slots.get(index) {
+            Some(slot) if outcome == "response" => slot.attempt_ok.get_or_init(resolve).clone(),
+            _ => resolve(),
+        }
     }
 
     /// The address of backend `index`.
