@@ -390,7 +390,7 @@ plugins = ["key_auth"]
 }
 
 /// Status ERROR for 5xx: an upstream's 500 (status code 500 on both spans, no error.type on
-/// the server span since the upstream answered), a dead backend's 502 (error.type
+/// the server span since the upstream answered, route "status"), a dead backend's 502 (error.type
 /// "upstream_unavailable" on the server span, one attempt with error.type "connect" and no
 /// status code); a 404 with no route is a server span named just "GET" with error.type
 /// "route_not_found", status UNSET and no attempt span.
@@ -419,6 +419,12 @@ upstream = "echo"
 name = "down"
 paths = ["/down"]
 upstream = "gone"
+
+# The echo upstream answers `/status/<code>` with that status.
+[[routes]]
+name = "status"
+paths = ["/status"]
+upstream = "echo"
 "#,
         tracing(&collector.endpoint(), "sample_ratio = 0.0"),
         echo.address()
@@ -428,7 +434,7 @@ upstream = "gone"
     let t500 = tid(500);
     let r = gw.request(
         "GET",
-        "/api/status/500",
+        "/status/500",
         &[("traceparent", &sampled(&t500))],
         b"",
     );
@@ -436,6 +442,7 @@ upstream = "gone"
     let spans = settled_trace(&collector, &t500, 2);
     let (server, clients) = split_trace(&spans);
     let d = describe_spans(&spans);
+    assert_eq!(server.name(), "GET status", "{d}");
     assert_eq!(server.status_code(), STATUS_ERROR, "{d}");
     assert_eq!(
         server.int_attr("http.response.status_code"),
@@ -812,6 +819,12 @@ upstream = "echo"
 name = "down"
 paths = ["/down"]
 upstream = "gone"
+
+# The echo upstream answers `/status/<code>` with that status.
+[[routes]]
+name = "status"
+paths = ["/status"]
+upstream = "echo"
 "#,
         tracing(
             &collector.endpoint(),
@@ -825,7 +838,7 @@ upstream = "gone"
     assert_eq!(r.status, 200);
     let ok_trace = upstream_tp(&r);
     assert_eq!(ok_trace.flags, "00");
-    let r = gw.request("GET", "/api/status/500", &[("x-request-id", "se-500")], b"");
+    let r = gw.request("GET", "/status/500", &[("x-request-id", "se-500")], b"");
     assert_eq!(r.status, 500);
     assert_eq!(upstream_tp(&r).flags, "00");
     let r = gw.request("GET", "/down/x", &[("x-request-id", "se-502")], b"");
@@ -1356,4 +1369,345 @@ fn the_test_collector_decodes_exports() {
     assert_eq!(r.status, 415);
     assert_eq!(collector.problems().len(), 1);
     assert_eq!(collector.export_count(), 2);
+}
+
+/// Model fallback: a route whose first target (`primary`) refuses connections falls back to
+/// `backup`; the server span has a "fallback" event (from primary, to backup, cause connect),
+/// one attempt span per target in order ("upstream primary" with error.type "connect", then
+/// "upstream backup" with the 200, ordered by start time), and the upstream's traceparent
+/// names the backup attempt.
+#[test]
+fn fallback_has_an_event_and_a_span_per_target() {
+    let collector = Collector::start();
+    let backup = Upstream::start("backup");
+    let cfg = format!(
+        r#"{}
+[[upstreams]]
+name = "primary"
+backends = ["{}"]
+retries = 0
+
+[[upstreams]]
+name = "backup"
+backends = ["{}"]
+
+[[routes]]
+name = "chat"
+paths = ["=/v1/chat/completions"]
+fallback = [{{ upstream = "primary" }}, {{ upstream = "backup" }}]
+"#,
+        tracing(&collector.endpoint(), "sample_ratio = 0.0"),
+        dead_addr(),
+        backup.address()
+    );
+    let gw = Gateway::start(&cfg);
+    let t = tid(0xfb);
+    let r = gw.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &sampled(&t)),
+        ],
+        br#"{"model":"m","messages":[]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_id(), "backup");
+    let up = upstream_tp(&r);
+    let spans = settled_trace(&collector, &t, 3);
+    let (server, mut clients) = split_trace(&spans);
+    clients.sort_by_key(|c| c.span.start_time_unix_nano);
+    let d = describe_spans(&spans);
+    assert_eq!(clients[0].name(), "upstream primary", "{d}");
+    assert_eq!(clients[0].str_attr("error.type"), Some("connect"), "{d}");
+    assert_eq!(clients[1].name(), "upstream backup", "{d}");
+    assert_eq!(
+        clients[1].str_attr("tollgate.upstream"),
+        Some("backup"),
+        "{d}"
+    );
+    assert_eq!(
+        clients[1].int_attr("http.response.status_code"),
+        Some(200),
+        "{d}"
+    );
+    // Whether tollgate.attempt counts per request or per target is not in the contract
+    // (the implementation restarts at 1 on each target): only that it is there.
+    for c in &clients {
+        assert!(
+            c.int_attr("tollgate.attempt").is_some_and(|n| n >= 1),
+            "{d}"
+        );
+    }
+    for c in &clients {
+        assert_eq!(c.parent_id(), server.span_id(), "{d}");
+    }
+    assert_eq!(clients[1].span_id(), up.parent, "{d}");
+    let events = server.events("fallback");
+    assert_eq!(events.len(), 1, "{d}");
+    assert_eq!(
+        event_attr(events[0], "tollgate.fallback.from"),
+        Some("primary"),
+        "{d}"
+    );
+    assert_eq!(
+        event_attr(events[0], "tollgate.fallback.to"),
+        Some("backup"),
+        "{d}"
+    );
+    assert_eq!(
+        event_attr(events[0], "tollgate.fallback.cause"),
+        Some("connect"),
+        "{d}"
+    );
+    assert!(
+        server.events("retry").is_empty(),
+        "a fallback is no retry: {d}"
+    );
+    assert_eq!(server.status_code(), STATUS_UNSET, "{d}");
+    collector.assert_no_problems();
+}
+
+/// Read timeouts: with `retry_on_timeout` the first backend (which never answers) gives an
+/// attempt span with error.type "timeout" and no status, the retry on the second backend the
+/// 200, and the server span a "retry" event with cause "timeout"; without it, a lone hanging
+/// backend ends in 504 with error.type "upstream_timeout" on the server span (status ERROR)
+/// and "timeout" on its one attempt.
+#[test]
+fn timeouts_on_spans() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let make = |seen: Arc<AtomicUsize>| {
+        RawUpstream::with(move |r| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                Reply::Hang
+            } else {
+                default_reply(r)
+            }
+        })
+    };
+    let (a, b) = (make(seen.clone()), make(seen));
+    let hang = RawUpstream::with(|_| Reply::Hang);
+    let collector = Collector::start();
+    let cfg = format!(
+        r#"{}
+[[upstreams]]
+name = "pair"
+backends = ["{}", "{}"]
+
+[[upstreams]]
+name = "hang"
+backends = ["{}"]
+retries = 0
+
+[[routes]]
+name = "retrying"
+paths = ["/retrying"]
+upstream = "pair"
+read_timeout_ms = 300
+retry_on_timeout = true
+
+[[routes]]
+name = "hanging"
+paths = ["/hanging"]
+upstream = "hang"
+read_timeout_ms = 300
+"#,
+        tracing(&collector.endpoint(), "sample_ratio = 0.0"),
+        a.address(),
+        b.address(),
+        hang.address()
+    );
+    let gw = Gateway::start(&cfg);
+
+    let t = tid(0x70);
+    let r = gw.request("GET", "/retrying", &[("traceparent", &sampled(&t))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let spans = settled_trace(&collector, &t, 3);
+    let (server, clients) = split_trace(&spans);
+    let d = describe_spans(&spans);
+    assert_eq!(clients[0].str_attr("error.type"), Some("timeout"), "{d}");
+    assert_eq!(
+        clients[0].int_attr("http.response.status_code"),
+        None,
+        "{d}"
+    );
+    assert_eq!(
+        clients[1].int_attr("http.response.status_code"),
+        Some(200),
+        "{d}"
+    );
+    assert_eq!(server.int_attr("tollgate.retries"), Some(1), "{d}");
+    let events = server.events("retry");
+    assert_eq!(events.len(), 1, "{d}");
+    assert_eq!(
+        event_attr(events[0], "tollgate.retry.cause"),
+        Some("timeout"),
+        "{d}"
+    );
+
+    let t = tid(0x504);
+    let r = gw.request("GET", "/hanging", &[("traceparent", &sampled(&t))], b"");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let spans = settled_trace(&collector, &t, 2);
+    let (server, clients) = split_trace(&spans);
+    let d = describe_spans(&spans);
+    assert_eq!(server.status_code(), STATUS_ERROR, "{d}");
+    assert_eq!(
+        server.str_attr("error.type"),
+        Some("upstream_timeout"),
+        "{d}"
+    );
+    assert_eq!(
+        server.int_attr("http.response.status_code"),
+        Some(504),
+        "{d}"
+    );
+    assert_eq!(clients[0].str_attr("error.type"), Some("timeout"), "{d}");
+    collector.assert_no_problems();
+}
+
+/// Adding `[tracing]` by a reload does not turn tracing on (restart-only): the reload's new
+/// route applies, an invalid traceparent still reaches the upstream untouched (tracing would
+/// have replaced it), nothing is exported, and the gateway warns.
+#[test]
+fn reload_does_not_turn_tracing_on() {
+    let collector = Collector::start();
+    let up = RawUpstream::start();
+    let base = format!(
+        "[[upstreams]]\nname = \"raw\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"api\"\npaths = [\"/api\"]\nupstream = \"raw\"\n",
+        up.address()
+    );
+    let gw = Gateway::start(&base);
+    let after = format!(
+        "{}{base}\n[[routes]]\nname = \"more\"\npaths = [\"/more\"]\nupstream = \"raw\"\n",
+        tracing(&collector.endpoint(), "sample_ratio = 1.0")
+    );
+    gw.rewrite_config(&after);
+    gw.reload();
+    assert!(
+        wait_until(WAIT, || gw.get("/more").status == 200),
+        "the reload did not apply; stderr:\n{}",
+        gw.stderr()
+    );
+    let invalid = format!("00-{}-{PARENT_ID}-01", TRACE_ID.to_uppercase());
+    let r = gw.request("GET", "/more", &[("traceparent", &invalid)], b"");
+    assert_eq!(r.status, 200);
+    let rec = up.requests().pop().unwrap();
+    assert_eq!(rec.header_all("traceparent"), [invalid.as_str()]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        collector.export_count(),
+        0,
+        "{}",
+        describe_spans(&collector.spans())
+    );
+    let err = gw.stderr();
+    assert!(
+        err.lines()
+            .any(|l| l.contains("WARN") && l.to_ascii_lowercase().contains("tracing")),
+        "no warning about the ignored [tracing]; stderr:\n{err}"
+    );
+}
+
+/// A request never answered (the client goes away while the upstream hangs) counts as an
+/// error for sample_errors: with sample_ratio = 0 its server span is exported with status
+/// ERROR and no response status code.
+#[test]
+fn sample_errors_exports_unanswered_requests() {
+    let collector = Collector::start();
+    let hang = RawUpstream::with(|_| Reply::Hang);
+    let gw = Gateway::start(&format!(
+        "{}[[upstreams]]\nname = \"hang\"\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"api\"\npaths = [\"/api\"]\nupstream = \"hang\"\n",
+        tracing(
+            &collector.endpoint(),
+            "sample_ratio = 0.0\nsample_errors = true"
+        ),
+        hang.address()
+    ));
+    let mut c = RawConn::connect(gw.addr);
+    c.send(b"GET /api/gone HTTP/1.1\r\nHost: t\r\nx-request-id: unanswered-1\r\n\r\n")
+        .unwrap();
+    assert!(
+        hang.wait_count(1, WAIT),
+        "the upstream never got the request"
+    );
+    drop(c);
+    let t = logged_trace_id(&gw, "unanswered-1");
+    let spans = collector.wait_trace(&t, 1, Duration::from_secs(10));
+    let server = spans.iter().find(|s| s.is_server()).unwrap_or_else(|| {
+        panic!(
+            "not exported; all spans:\n{}",
+            describe_spans(&collector.spans())
+        )
+    });
+    let d = describe_spans(&spans);
+    assert_eq!(server.status_code(), STATUS_ERROR, "{d}");
+    assert_eq!(server.int_attr("http.response.status_code"), None, "{d}");
+    collector.assert_no_problems();
+}
+
+/// An HTTP/2 (h2c) request joins its traceparent like HTTP/1.1 does: its server span has
+/// network.protocol.version "2", server.address from `:authority` without the port and
+/// url.path without the query, and the upstream (HTTP/1.1) gets the attempt's traceparent.
+#[test]
+fn http2_request_spans() {
+    let collector = Collector::start();
+    let echo = Upstream::start("echo");
+    // `h2c = true` continues the harness's [server] table.
+    let head = format!(
+        "h2c = true\n\n{}",
+        tracing(&collector.endpoint(), "sample_ratio = 0.0")
+    );
+    let gw = Gateway::start(&echo_config(&head, &echo.address()));
+    let t = tid(0x2);
+    let tp = sampled(&t);
+    let mut h2 = H2Conn::connect(gw.addr).expect("h2c connection");
+    let end = h2.request(
+        &[
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/api/h2?token=secret-h2-991"),
+            (b":authority", b"h2.example.com:8443"),
+            (b"traceparent", tp.as_bytes()),
+        ],
+        None,
+        Duration::from_secs(5),
+    );
+    let H2End::Response(r) = end else {
+        panic!("no h2 response: {end:?}");
+    };
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body: Json = serde_json::from_slice(&r.body).unwrap();
+    let tps: Vec<&str> = body["header_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l[0] == "traceparent")
+        .filter_map(|l| l[1].as_str())
+        .collect();
+    assert_eq!(tps.len(), 1, "{body}");
+    let up = parse_tp(tps[0]);
+    assert_eq!(up.trace, t);
+    let spans = settled_trace(&collector, &t, 2);
+    let (server, clients) = split_trace(&spans);
+    let d = describe_spans(&spans);
+    assert_eq!(
+        server.str_attr("network.protocol.version"),
+        Some("2"),
+        "{d}"
+    );
+    assert_eq!(
+        server.str_attr("server.address"),
+        Some("h2.example.com"),
+        "{d}"
+    );
+    assert_eq!(server.str_attr("url.path"), Some("/api/h2"), "{d}");
+    assert_eq!(server.parent_id(), PARENT_ID, "{d}");
+    assert_eq!(clients[0].span_id(), up.parent, "{d}");
+    let bytes = collector.all_bytes();
+    assert!(
+        !bytes.windows(13).any(|w| w == b"secret-h2-991"),
+        "the query string was exported"
+    );
+    collector.assert_no_problems();
 }
