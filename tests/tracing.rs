@@ -254,7 +254,8 @@ fn incoming_traceparent_is_joined() {
 /// upstream, consumer, request id, retries) and status UNSET for a 200; the attempt span's
 /// (upstream, backend address and port, attempt 1, status code); the default resource
 /// (service.name "tollgate", service.version) and scope "tollgate". The query's secret appears
-/// nowhere in the exported bytes. An HTTP/1.0 request has network.protocol.version "1.0".
+/// nowhere in the exported bytes. An HTTP/1.0 request has network.protocol.version "1.0"; its
+/// 401 from key_auth has an error.type, tollgate.answered_by "key_auth" and status UNSET.
 #[test]
 fn span_attributes() {
     let collector = Collector::start();
@@ -378,6 +379,7 @@ plugins = ["key_auth"]
     assert_eq!(s.str_attr("user_agent.original"), None, "{d}");
     assert_eq!(s.str_attr("tollgate.consumer"), None, "{d}");
     assert!(s.str_attr("error.type").is_some(), "a plugin answered: {d}");
+    assert_eq!(s.str_attr("tollgate.answered_by"), Some("key_auth"), "{d}");
     assert_eq!(s.status_code(), STATUS_UNSET, "a 401 is not ERROR: {d}");
 
     let bytes = collector.all_bytes();
@@ -1708,6 +1710,53 @@ fn http2_request_spans() {
     assert!(
         !bytes.windows(13).any(|w| w == b"secret-h2-991"),
         "the query string was exported"
+    );
+    collector.assert_no_problems();
+}
+
+/// A collector answering 500 (then 429): each export is counted as failed
+/// (`reason="export_failed"`, one per span of the export), none as exported, none sent again;
+/// requests are unaffected.
+#[test]
+fn collector_error_status_counts_export_failed() {
+    let collector = Collector::with_mode(CollectorMode::Status(500));
+    let echo = Upstream::start("echo");
+    let gw = Gateway::start(&echo_config(
+        &tracing(&collector.endpoint(), "sample_ratio = 1.0"),
+        &echo.address(),
+    ));
+    for _ in 0..3 {
+        assert_eq!(gw.get("/api/e").status, 200);
+    }
+    collector.wait_spans(6, WAIT);
+    assert_eq!(
+        gw.wait_metric(DROPPED, &[("reason", "export_failed")], 6.0),
+        Some(6.0),
+        "{}",
+        gw.metrics()
+    );
+    collector.set_mode(CollectorMode::Status(429));
+    assert_eq!(gw.get("/api/e").status, 200);
+    collector.wait_spans(8, WAIT);
+    assert_eq!(
+        gw.wait_metric(DROPPED, &[("reason", "export_failed")], 8.0),
+        Some(8.0),
+        "{}",
+        gw.metrics()
+    );
+    assert_eq!(
+        gw.metric(EXPORTED, &[]).unwrap_or(0.0),
+        0.0,
+        "{}",
+        gw.metrics()
+    );
+    // docs/operations.md: a failed export is not retried (the collector would see spans twice).
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        collector.spans().len(),
+        8,
+        "{}",
+        describe_spans(&collector.spans())
     );
     collector.assert_no_problems();
 }

@@ -221,6 +221,8 @@ pub enum CollectorMode {
     Answer,
     /// 200 after this long.
     Delay(Duration),
+    /// Answer this status (e.g. 500 or 429) at once, empty body.
+    Status(u16),
     /// Read the request, record it, and never answer (the connection stays open until the
     /// collector is dropped).
     Never,
@@ -409,6 +411,9 @@ fn write_answer(w: &mut TcpStream, status: u16, content_type: &str, close: bool)
         404 => "Not Found",
         405 => "Method Not Allowed",
         415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Whatever",
     };
     let mut head = format!(
@@ -557,6 +562,11 @@ fn serve_collector_connection(stream: TcpStream, shared: &CollectorShared) {
         let mode = *shared.mode.lock().unwrap();
         match mode {
             CollectorMode::Answer => {}
+            CollectorMode::Status(code) => {
+                if status == 200 {
+                    status = code;
+                }
+            }
             CollectorMode::Delay(d) => {
                 let until = Instant::now() + d;
                 while Instant::now() < until {
