@@ -173,6 +173,70 @@ fn event_attr<'a>(e: &'a SpanEvent, key: &str) -> Option<&'a str> {
     attr_str(&e.attributes, key)
 }
 
+/// `head` and routes `api` and `status` (`/status/<code>` answers that status) to the echo
+/// upstream at `echo`, and `down` to the dead backend `dead`.
+fn three_routes(head: &str, echo: &str, dead: &str) -> String {
+    format!(
+        r#"{head}
+[[upstreams]]
+name = "echo"
+backends = ["{echo}"]
+
+[[upstreams]]
+name = "gone"
+backends = ["{dead}"]
+retries = 0
+
+[[routes]]
+name = "api"
+paths = ["/api"]
+upstream = "echo"
+
+[[routes]]
+name = "down"
+paths = ["/down"]
+upstream = "gone"
+
+# The echo upstream answers `/status/<code>` with that status.
+[[routes]]
+name = "status"
+paths = ["/status"]
+upstream = "echo"
+"#
+    )
+}
+
+/// `n` GETs of `path`, each answered 200 (and `check`ed) without waiting on the collector:
+/// the slowest stays under a second.
+fn fast_requests(gw: &Gateway, path: &str, n: usize, check: impl Fn(&Response)) {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let r = gw.get(path);
+        slowest = slowest.max(t0.elapsed());
+        assert_eq!(r.status, 200);
+        check(&r);
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+}
+
+/// Wait (up to `secs`) for `tollgate_tracing_spans_dropped_total{reason}` to count something.
+fn assert_dropped(gw: &Gateway, reason: &str, secs: u64) {
+    let mut dropped = None;
+    wait_until(Duration::from_secs(secs), || {
+        dropped = gw.metric(DROPPED, &[("reason", reason)]);
+        dropped.is_some_and(|v| v > 0.0)
+    });
+    assert!(
+        dropped.is_some_and(|v| v > 0.0),
+        "{reason} = {dropped:?}; metrics:\n{}",
+        gw.metrics()
+    );
+}
+
 /// A valid incoming traceparent is joined: the upstream receives exactly one traceparent of
 /// the same trace whose parent-id is the upstream attempt span's id, flags 01 (parent
 /// sampled, although sample_ratio = 0), the tracestate unchanged; the server span's parent is
@@ -401,35 +465,10 @@ fn errors_on_spans() {
     let collector = Collector::start();
     let echo = Upstream::start("echo");
     let dead = dead_addr();
-    let cfg = format!(
-        r#"{}
-[[upstreams]]
-name = "echo"
-backends = ["{}"]
-
-[[upstreams]]
-name = "gone"
-backends = ["{dead}"]
-retries = 0
-
-[[routes]]
-name = "api"
-paths = ["/api"]
-upstream = "echo"
-
-[[routes]]
-name = "down"
-paths = ["/down"]
-upstream = "gone"
-
-# The echo upstream answers `/status/<code>` with that status.
-[[routes]]
-name = "status"
-paths = ["/status"]
-upstream = "echo"
-"#,
-        tracing(&collector.endpoint(), "sample_ratio = 0.0"),
-        echo.address()
+    let cfg = three_routes(
+        &tracing(&collector.endpoint(), "sample_ratio = 0.0"),
+        &echo.address(),
+        &dead,
     );
     let gw = Gateway::start(&cfg);
 
@@ -815,39 +854,13 @@ fn incoming_flags_decide_sampling() {
 fn sample_errors_exports_failed_requests() {
     let collector = Collector::start();
     let echo = Upstream::start("echo");
-    let cfg = format!(
-        r#"{}
-[[upstreams]]
-name = "echo"
-backends = ["{}"]
-
-[[upstreams]]
-name = "gone"
-backends = ["{}"]
-retries = 0
-
-[[routes]]
-name = "api"
-paths = ["/api"]
-upstream = "echo"
-
-[[routes]]
-name = "down"
-paths = ["/down"]
-upstream = "gone"
-
-# The echo upstream answers `/status/<code>` with that status.
-[[routes]]
-name = "status"
-paths = ["/status"]
-upstream = "echo"
-"#,
-        tracing(
+    let cfg = three_routes(
+        &tracing(
             &collector.endpoint(),
-            "sample_ratio = 0.0\nsample_errors = true"
+            "sample_ratio = 0.0\nsample_errors = true",
         ),
-        echo.address(),
-        dead_addr()
+        &echo.address(),
+        &dead_addr(),
     );
     let gw = Gateway::start(&cfg);
     let r = gw.request("GET", "/api/ok", &[("x-request-id", "se-200")], b"");
@@ -978,28 +991,10 @@ fn collector_down_drops_spans_not_requests() {
         &tracing(&endpoint, "sample_ratio = 1.0\ntimeout_ms = 500"),
         &echo.address(),
     ));
-    let mut slowest = Duration::ZERO;
-    for _ in 0..30 {
-        let t0 = Instant::now();
-        let r = gw.get("/api/down");
-        slowest = slowest.max(t0.elapsed());
-        assert_eq!(r.status, 200);
-        assert_eq!(upstream_tp(&r).flags, "01");
-    }
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest request {slowest:?}"
-    );
-    let mut dropped = None;
-    wait_until(Duration::from_secs(10), || {
-        dropped = gw.metric(DROPPED, &[("reason", "export_failed")]);
-        dropped.is_some_and(|v| v > 0.0)
+    fast_requests(&gw, "/api/down", 30, |r| {
+        assert_eq!(upstream_tp(r).flags, "01")
     });
-    assert!(
-        dropped.is_some_and(|v| v > 0.0),
-        "export_failed = {dropped:?}; metrics:\n{}",
-        gw.metrics()
-    );
+    assert_dropped(&gw, "export_failed", 10);
     assert!(
         gw.metric(EXPORTED, &[]).unwrap_or(0.0) == 0.0,
         "{}",
@@ -1021,27 +1016,8 @@ fn slow_collector_exports_time_out() {
         ),
         &echo.address(),
     ));
-    let mut slowest = Duration::ZERO;
-    for _ in 0..10 {
-        let t0 = Instant::now();
-        let r = gw.get("/api/slow-collector");
-        slowest = slowest.max(t0.elapsed());
-        assert_eq!(r.status, 200);
-    }
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest request {slowest:?}"
-    );
-    let mut dropped = None;
-    wait_until(Duration::from_secs(5), || {
-        dropped = gw.metric(DROPPED, &[("reason", "export_failed")]);
-        dropped.is_some_and(|v| v > 0.0)
-    });
-    assert!(
-        dropped.is_some_and(|v| v > 0.0),
-        "export_failed = {dropped:?}; metrics:\n{}",
-        gw.metrics()
-    );
+    fast_requests(&gw, "/api/slow-collector", 10, |_| {});
+    assert_dropped(&gw, "export_failed", 5);
     assert!(collector.export_count() >= 1, "no export was tried");
     collector.assert_no_problems();
 }
@@ -1060,27 +1036,8 @@ fn stuck_collector_fills_the_queue_not_the_requests() {
         ),
         &echo.address(),
     ));
-    let mut slowest = Duration::ZERO;
-    for _ in 0..60 {
-        let t0 = Instant::now();
-        let r = gw.get("/api/stuck");
-        slowest = slowest.max(t0.elapsed());
-        assert_eq!(r.status, 200);
-    }
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest request {slowest:?}"
-    );
-    let mut dropped = None;
-    wait_until(Duration::from_secs(5), || {
-        dropped = gw.metric(DROPPED, &[("reason", "queue_full")]);
-        dropped.is_some_and(|v| v > 0.0)
-    });
-    assert!(
-        dropped.is_some_and(|v| v > 0.0),
-        "queue_full = {dropped:?}; metrics:\n{}",
-        gw.metrics()
-    );
+    fast_requests(&gw, "/api/stuck", 60, |_| {});
+    assert_dropped(&gw, "queue_full", 5);
     assert!(collector.export_count() >= 1, "the exporter never tried");
     assert!(gw.is_running());
 }
