@@ -530,6 +530,8 @@ fn the_grafana_dashboard_queries_real_metrics() {
         "tollgate_http_request_duration_seconds_bucket",
         "tollgate_gateway_overhead_seconds_bucket",
         "tollgate_upstream_request_duration_seconds_bucket",
+        "tollgate_upstream_attempt_duration_seconds_bucket",
+        "tollgate_tracing_spans_exported_total",
         "tollgate_http_requests_in_flight",
         "tollgate_downstream_connections",
         "tollgate_config_last_reload_timestamp_seconds",

@@ -1202,7 +1202,7 @@ impl Gateway {
         let now = Instant::now();
         if let Some(t) = &mut ctx.trace {
             let addr = upstream.addr(index).and_then(|a| a.as_inet()).copied();
-            t.begin_attempt(&upstream.name, addr, ctx.attempts + 1, now);
+            t.begin_attempt(&upstream.name, addr, now);
         }
         ctx.attempt = Some(Attempt::begin(upstream, index, ticket, permit, now));
         ctx.attempts += 1;

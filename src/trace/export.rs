@@ -1,7 +1,8 @@
 //! The background exporter: finished traces come through a bounded queue, are turned into
 //! OTLP spans (`opentelemetry-proto`'s types, protobuf-encoded by `prost`) and POSTed to the
-//! collector in batches. Requests never wait for it: when the queue is full the trace is
-//! dropped and counted ([`super::Tracer::submit`]); a failed export is counted and not retried.
+//! collector in batches (every 100 ms once shutdown begins). Requests never wait for it: when
+//! the queue is full the trace is dropped and counted ([`super::Tracer::submit`]); a failed
+//! export is counted and not retried.
 
 use super::span::{Event, Finished};
 use crate::metrics::METRICS;
@@ -19,6 +20,9 @@ use prost::Message;
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 use tollgate_plugins::external::Service;
+
+/// How often spans are sent once the gateway is shutting down.
+const DRAIN_FLUSH: Duration = Duration::from_millis(100);
 
 /// The exporter's settings and its end of the queue.
 pub struct Exporter {
@@ -39,6 +43,7 @@ impl BackgroundService for Exporter {
         let mut batch: Vec<Finished> = Vec::new();
         let mut spans = 0usize;
         let mut tick = tokio::time::interval(self.flush_interval);
+        let mut draining = false;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -57,15 +62,15 @@ impl BackgroundService for Exporter {
                         spans = 0;
                     }
                 }
-                _ = shutdown.changed() => {
-                    // What the last requests left in the queue goes out once, best effort.
-                    while let Ok(f) = queue.try_recv() {
-                        batch.push(f);
-                    }
+                _ = shutdown.changed(), if !draining => {
+                    // Requests still finish while connections drain: their spans go out at a
+                    // short interval until the process ends.
+                    draining = true;
+                    tick = tokio::time::interval(DRAIN_FLUSH);
                     if !batch.is_empty() {
                         self.export(&mut batch).await;
+                        spans = 0;
                     }
-                    break;
                 }
             }
         }
@@ -73,12 +78,20 @@ impl BackgroundService for Exporter {
 }
 
 impl Exporter {
-    /// Send `batch` (emptied) in one request; count the outcome.
+    /// Send the spans of `batch` (emptied), `batch_spans` at most per request.
     async fn export(&self, batch: &mut Vec<Finished>) {
         let mut spans = Vec::with_capacity(batch.len() * 2);
         for f in batch.drain(..) {
             push_spans(&f, &mut spans);
         }
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(self.batch_spans));
+            self.send(std::mem::replace(&mut spans, rest)).await;
+        }
+    }
+
+    /// Send `spans` in one request; count the outcome.
+    async fn send(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         let body = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {

@@ -35,7 +35,7 @@ pub struct RequestTrace {
 pub struct AttemptSpan {
     /// Its span id.
     pub span_id: SpanId,
-    /// 1 for the first try.
+    /// 1 for the request's first try, counted across fallback targets.
     pub number: u32,
     /// The upstream's name.
     pub upstream: Arc<str>,
@@ -95,7 +95,6 @@ impl RequestTrace {
         &mut self,
         upstream: &Arc<str>,
         backend: Option<SocketAddr>,
-        number: u32,
         now: Instant,
     ) {
         self.attempt_span = new_span_id();
@@ -105,7 +104,7 @@ impl RequestTrace {
         self.end_attempt(now, "error");
         self.attempts.push(AttemptSpan {
             span_id: self.attempt_span,
-            number,
+            number: self.attempts.len() as u32 + 1,
             upstream: upstream.clone(),
             backend,
             start: now,
