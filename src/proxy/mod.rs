@@ -6,18 +6,18 @@
 //! |---|---|---|
 //! | `new_ctx` | a request head has arrived | load the running [`Snapshot`] once |
 //! | `early_request_filter` | before Pingora's downstream modules | keep-alive timeout |
-//! | `request_filter` | once per request | head size, routing, the route's plugin chain, split, cache use |
+//! | `request_filter` | once per request | trace context, head size, routing, the route's plugin chain, split, cache use |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter` | routes with `cache` | `cache` and the route's `CachePolicy` |
 //! | `upstream_peer` | before each attempt (again on retry) | breaker, backend pick, timeouts (`attempt`) |
 //! | `fail_to_connect`, `error_while_proxy` | an attempt failed | retry decisions |
-//! | `upstream_request_filter` | before the head goes upstream | [`forwarding`], plugins' upstream hooks |
+//! | `upstream_request_filter` | before the head goes upstream | [`forwarding`], plugins' upstream hooks, `traceparent` |
 //! | `request_body_filter` | per request body chunk | plugins' body hooks |
 //! | `upstream_response_filter` | the upstream's head arrived (before the cache stores it) | status retries, passive health, breaker |
 //! | `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | routes with `cache` | the route's `CachePolicy` |
 //! | `response_filter` | before the head goes to the client (hits too) | plugins' async response-head hooks (`ext_proc`), cache status, plugins' response hooks, request id, body framing (`response_body`) |
 //! | `response_body_filter` | per response body chunk (hits too) | plugins' response-body hooks (`response_body`) |
 //! | `fail_to_proxy` | the request failed | the [`GatewayError`] answer ([`error`]) |
-//! | `logging` | always, last | metrics, plugins' log hooks, the access log; the attempt settles |
+//! | `logging` | always, last | metrics, plugins' log hooks, the access log, the trace; the attempt settles |
 
 mod attempt;
 pub mod body;
