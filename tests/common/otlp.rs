@@ -266,28 +266,17 @@ impl Collector {
             connections: AtomicUsize::new(0),
         });
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (shared2, conns2) = (shared.clone(), conns.clone());
-        let accept = thread::Builder::new()
-            .name("otlp-collector".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if shared2.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    shared2.connections.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(c) = stream.try_clone() {
-                        let mut list = conns2.lock().unwrap();
-                        list.retain(|s| s.peer_addr().is_ok());
-                        list.push(c);
-                    }
-                    let shared = shared2.clone();
-                    let _ = thread::Builder::new()
-                        .name("otlp-conn".into())
-                        .spawn(move || serve_collector_connection(stream, &shared));
-                }
-            })
-            .expect("spawn collector");
+        let (stopping, serving) = (shared.clone(), shared.clone());
+        let accept = accept_loop(
+            listener,
+            "otlp-collector".to_string(),
+            conns.clone(),
+            move || stopping.stop.load(Ordering::SeqCst),
+            move |stream| {
+                serving.connections.fetch_add(1, Ordering::SeqCst);
+                serve_collector_connection(stream, &serving)
+            },
+        );
         Collector {
             addr,
             shared,

@@ -49,28 +49,14 @@ impl Upstream {
             healthy: healthy.clone(),
             stop: stop.clone(),
         });
-        let conns2 = conns.clone();
-        let accept = thread::Builder::new()
-            .name(format!("upstream-{id}"))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if shared.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    if let Ok(c) = stream.try_clone() {
-                        let mut list = conns2.lock().unwrap();
-                        // Forget connections that are gone, so the list stays short.
-                        list.retain(|s| s.peer_addr().is_ok());
-                        list.push(c);
-                    }
-                    let shared = shared.clone();
-                    let _ = thread::Builder::new()
-                        .name("upstream-conn".into())
-                        .spawn(move || serve_connection(stream, &shared));
-                }
-            })
-            .expect("spawn upstream");
+        let stopping = shared.clone();
+        let accept = accept_loop(
+            listener,
+            format!("upstream-{id}"),
+            conns.clone(),
+            move || stopping.stop.load(Ordering::SeqCst),
+            move |stream| serve_connection(stream, &shared),
+        );
         Upstream {
             id: id.to_string(),
             addr,

@@ -107,3 +107,38 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Accept connections on `listener` in a thread named `name` until `stop` says so: each one
+/// is remembered in `conns` (so its owner can cut them all) and served by `serve` in a thread
+/// of its own.
+pub fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: impl Fn() -> bool + Send + 'static,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> thread::JoinHandle<()> {
+    let serve = Arc::new(serve);
+    let conn_name = format!("{name}-conn");
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            for stream in listener.incoming() {
+                if stop() {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                if let Ok(c) = stream.try_clone() {
+                    let mut list = conns.lock().unwrap();
+                    // Forget connections that are gone, so the list stays short.
+                    list.retain(|s| s.peer_addr().is_ok());
+                    list.push(c);
+                }
+                let serve = serve.clone();
+                let _ = thread::Builder::new()
+                    .name(conn_name.clone())
+                    .spawn(move || serve(stream));
+            }
+        })
+        .expect("spawn an accept loop")
+}
