@@ -1207,7 +1207,7 @@ impl Gateway {
         ctx.attempt = Some(Attempt::begin(upstream, index, ticket, permit, now));
         ctx.attempts += 1;
         ctx.override_sent = false;
-        ctx.upstream_start.get_or_insert_with(Instant::now);
+        ctx.upstream_start.get_or_insert(now);
         Ok(Box::new(peer))
     }
 
@@ -1316,5 +1316,19 @@ fn host_without_port(host: &str) -> &str {
             &host[..i]
         }
         _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_without_port;
+
+    #[test]
+    fn host_ports_are_dropped() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("::1"), "::1");
     }
 }
