@@ -962,13 +962,7 @@ impl ProxyHttp for Gateway {
                 method: req.method.as_str(),
                 host: request_host(req),
                 path: req.uri.path(),
-                protocol: match req.version {
-                    http::Version::HTTP_09 => "HTTP/0.9",
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    http::Version::HTTP_2 => "HTTP/2",
-                    http::Version::HTTP_3 => "HTTP/3",
-                    _ => "HTTP/1.1",
-                },
+                protocol: protocol(req.version),
                 user_agent: header(http::header::USER_AGENT),
                 route: ctx.route.as_ref().map_or("", |r| &*r.name),
                 consumer: ctx
@@ -1025,14 +1019,10 @@ impl Gateway {
             method: req.method.clone(),
             path: req.uri.path().to_string(),
             scheme: if tls { "https" } else { "http" },
-            host: host_without_port(request_host(req)).to_string(),
-            protocol: match req.version {
-                http::Version::HTTP_09 => "0.9",
-                http::Version::HTTP_10 => "1.0",
-                http::Version::HTTP_2 => "2",
-                http::Version::HTTP_3 => "3",
-                _ => "1.1",
-            },
+            // Without its port already.
+            host: request_host(req).to_string(),
+            // `1.1` of `HTTP/1.1`.
+            protocol: protocol(req.version).strip_prefix("HTTP/").unwrap_or("1.1"),
             client: ctx.req.client_ip,
             user_agent: req
                 .headers
@@ -1307,28 +1297,13 @@ fn hash_key<'a>(
     }
 }
 
-/// `host` without a `:port` (an IPv6 literal keeps its brackets).
-fn host_without_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i)
-            if !host[i..].contains(']') && (host.starts_with('[') || !host[..i].contains(':')) =>
-        {
-            &host[..i]
-        }
-        _ => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_without_port;
-
-    #[test]
-    fn host_ports_are_dropped() {
-        assert_eq!(host_without_port("example.com:8080"), "example.com");
-        assert_eq!(host_without_port("example.com"), "example.com");
-        assert_eq!(host_without_port("[::1]:443"), "[::1]");
-        assert_eq!(host_without_port("[::1]"), "[::1]");
-        assert_eq!(host_without_port("::1"), "::1");
+/// The protocol of a request as the access log writes it (`HTTP/1.1`, `HTTP/2`).
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }

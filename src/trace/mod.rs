@@ -102,7 +102,7 @@ impl Tracer {
 
     /// Whether a request that ended with `status` (0: none) is exported.
     pub fn exports(&self, trace: &RequestTrace, status: u16) -> bool {
-        trace.sampled || (self.sample_errors && (status == 0 || status >= 500))
+        trace.sampled || (self.sample_errors && span::is_error(status))
     }
 
     /// Hand a finished trace to the exporter, or drop and count it when the queue is full.

@@ -203,8 +203,13 @@ impl Finished {
         self.end_unix_nanos.saturating_sub(before)
     }
 
-    /// The request failed: answered 5xx, or not answered at all.
+    /// The request failed (see [`is_error`]).
     pub fn is_error(&self) -> bool {
-        self.status == 0 || self.status >= 500
+        is_error(self.status)
     }
+}
+
+/// A request that ended with `status` failed: answered 5xx, or not answered at all (0).
+pub fn is_error(status: u16) -> bool {
+    status == 0 || status >= 500
 }
